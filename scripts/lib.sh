@@ -1,0 +1,97 @@
+# Shared by scripts/demo, scripts/test and the test drivers: toolchain
+# setup, building and installing the extension, throwaway clusters.
+# Source it; it does nothing by itself.
+#
+# Clusters listen on a Unix socket only (listen_addresses = ''), run as the
+# `postgres` OS user when we are root (initdb refuses root), and live in a
+# directory the caller names.
+
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_MAJOR=15
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
+PGRX_VERSION=0.18.1
+APT_PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
+              libclang-dev clang pkg-config sudo python3-venv)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Runs a command as the cluster owner: `postgres` when we are root.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_bindir() { "$PG_CONFIG" --bindir; }
+
+# Installs whatever is missing: Debian packages, cargo-pgrx, pgrx's config.
+ensure_toolchain() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    command -v cargo >/dev/null || die "cargo is needed (rustup.rs)"
+    if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+        say "installing cargo-pgrx $PGRX_VERSION (about 4 minutes, once)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+    if ! grep -q "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+        say "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
+        cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" >/dev/null
+    fi
+}
+
+# Builds and installs the extension into the system PostgreSQL.
+install_extension() {
+    local profile=()
+    [ "${RELEASE:-0}" = 1 ] && profile=(--release)
+    say "building and installing pg_session_auth ${profile[*]}"
+    local sudo_flag=()
+    [ "$(id -u)" = 0 ] || sudo_flag=(--sudo)
+    (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "${profile[@]}" "${sudo_flag[@]}" >/dev/null)
+}
+
+# start_cluster DIR [postgresql.conf lines...]
+# A fresh cluster in DIR (removed first), socket in DIR, extension preloaded.
+start_cluster() {
+    local dir=$1; shift
+    stop_cluster "$dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+    as_pg "$(pg_bindir)/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+        --locale=C.UTF-8 >/dev/null
+    {
+        echo "listen_addresses = ''"
+        echo "unix_socket_directories = '$dir'"
+        echo "port = ${PGPORT_FOR_TESTS:-5432}"
+        echo "shared_preload_libraries = 'pg_session_auth'"
+        echo "logging_collector = off"
+        echo "log_min_messages = info"
+        echo "fsync = off"
+        for line in "$@"; do echo "$line"; done
+    } | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
+    as_pg "$(pg_bindir)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
+        || { cat "$dir/server.log" >&2; die "the cluster in $dir did not start"; }
+}
+
+stop_cluster() {
+    local dir=$1
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        as_pg "$(pg_bindir)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+}
+
+# psql against a cluster started by start_cluster: cluster_psql DIR [args...]
+cluster_psql() {
+    local dir=$1; shift
+    "$(pg_bindir)/psql" -X -v ON_ERROR_STOP=1 -h "$dir" -p "${PGPORT_FOR_TESTS:-5432}" -U postgres "$@"
+}

@@ -1,0 +1,96 @@
+-- pg_session_auth: private state.
+--
+-- A plain CREATE SCHEMA on purpose: if a schema of this name already exists,
+-- somebody else owns it and installation must fail rather than trust it.
+CREATE SCHEMA session_auth;
+REVOKE ALL ON SCHEMA session_auth FROM PUBLIC;
+COMMENT ON SCHEMA session_auth IS
+    'pg_session_auth private state: read-only for DBAs, never for applications';
+
+-- One row per session (token family). The current token pair and its
+-- superseded parent are digests on the row, so every check is one
+-- primary-key probe and a rotation is one row update.
+CREATE TABLE session_auth.sessions (
+    session_id            uuid        PRIMARY KEY,
+    user_id               text        NOT NULL,
+    data                  jsonb       NOT NULL,
+    auth_level            int         NOT NULL CHECK (auth_level BETWEEN 1 AND 3),
+    created_at            timestamptz NOT NULL,
+    authenticated_at      timestamptz NOT NULL,
+    -- Anchor of the idle timeout: creation, then every rotation.
+    last_refreshed_at     timestamptz NOT NULL,
+    -- Generation of the current pair: 1 at issue, +1 per rotation.
+    generation            int         NOT NULL,
+    access_digest         bytea       NOT NULL,
+    access_issued_at      timestamptz NOT NULL,
+    access_expires_at     timestamptz NOT NULL,
+    refresh_digest        bytea       NOT NULL,
+    -- The refresh token's stored deadline: idle timeout, capped by absolute.
+    refresh_expires_at    timestamptz NOT NULL,
+    absolute_expires_at   timestamptz NOT NULL,
+    -- The pair the current one replaced, for the grace window.
+    parent_access_digest  bytea,
+    parent_access_expires_at timestamptz,
+    parent_refresh_digest bytea,
+    rotated_at            timestamptz,
+    -- False when the last rotation was a reauthentication: no grace then.
+    parent_grace          boolean     NOT NULL DEFAULT false,
+    -- The current pair's secrets, wrapped under keys only the parent refresh
+    -- token can derive, so a retry within the grace gets the same pair back.
+    retry_pair            bytea,
+    revoked_at            timestamptz,
+    revoked_reason        text,
+    -- When every token of this session has expired by its stored deadline.
+    purge_after           timestamptz NOT NULL
+);
+CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id, created_at);
+CREATE INDEX sessions_purge_after_idx ON session_auth.sessions (purge_after);
+COMMENT ON TABLE session_auth.sessions IS
+    'One row per session (token family); token digests only, never tokens';
+
+-- Superseded or revoked token digests, kept until the token would have
+-- expired anyway; the worker deletes expired entries.
+CREATE TABLE session_auth.blacklist (
+    digest      bytea       PRIMARY KEY,
+    session_id  uuid        NOT NULL,
+    kind        text        NOT NULL CHECK (kind IN ('access', 'refresh')),
+    generation  int         NOT NULL,
+    revoked_at  timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    reason      text        NOT NULL
+);
+CREATE INDEX blacklist_expires_at_idx ON session_auth.blacklist (expires_at);
+COMMENT ON TABLE session_auth.blacklist IS
+    'Superseded and revoked token digests until they would have expired';
+
+-- Security events, one row per affected session, no tokens.
+CREATE TABLE session_auth.events (
+    event_id    bigserial   PRIMARY KEY,
+    event       text        NOT NULL CHECK (event IN ('issued', 'reuse_detected', 'revoked',
+                            'revoked_user', 'reauthenticated', 'evicted')),
+    at          timestamptz NOT NULL,
+    session_id  uuid        NOT NULL,
+    user_id     text        NOT NULL,
+    details     jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_at_idx ON session_auth.events (at);
+COMMENT ON TABLE session_auth.events IS 'Security events, kept for session_auth.event_retention';
+
+-- pg_dump / pg_restore keep live sessions.
+SELECT pg_catalog.pg_extension_config_dump('session_auth.sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('session_auth.blacklist', '');
+SELECT pg_catalog.pg_extension_config_dump('session_auth.events', '');
+SELECT pg_catalog.pg_extension_config_dump('session_auth.events_event_id_seq', '');
+
+-- The one role a DBA grants to an application role:
+--     GRANT session_auth_client TO my_app;
+-- Roles are cluster-wide, so a second database reuses it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'session_auth_client') THEN
+        CREATE ROLE session_auth_client NOLOGIN;
+        COMMENT ON ROLE session_auth_client IS
+            'pg_session_auth: may call the session_* functions, nothing else';
+    END IF;
+END
+$$;

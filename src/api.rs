@@ -1,0 +1,244 @@
+//! The SQL functions of the public contract, thin over `session`.
+//!
+//! Every function that touches state is `SECURITY DEFINER` with the search
+//! path pinned to the private schema, then `pg_temp`. None is STRICT: a NULL
+//! token answers `invalid` (or `false`) and a NULL required argument raises
+//! `22004`, where a STRICT function would silently return no row.
+//! `session_require` and `session_reauthenticate` are PL/pgSQL wrappers in
+//! `sql/raising.sql`, because custom SQLSTATEs cannot cross pgrx's FFI.
+
+use pgrx::datum::TimestampWithTimeZone as Tstz;
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+
+use crate::error;
+use crate::session::{self, Pair, Status};
+use crate::store::to_timestamptz;
+
+type PairRow = (Uuid, String, Tstz, String, Tstz);
+
+fn pair_row(p: Pair) -> PairRow {
+    (
+        Uuid::from_bytes(p.session_id),
+        p.access_token,
+        to_timestamptz(p.access_expires_at),
+        p.refresh_token,
+        to_timestamptz(p.refresh_expires_at),
+    )
+}
+
+fn session_key(id: &Uuid) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(id.as_bytes());
+    key
+}
+
+/// Starts a session (a new token family) for a user the application has
+/// just authenticated.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_issue(
+    user_id: Option<&str>,
+    data: default!(Option<JsonB>, "'{}'"),
+    auth_level: default!(Option<i32>, 1),
+) -> TableIterator<
+    'static,
+    (
+        name!(session_id, Uuid),
+        name!(access_token, String),
+        name!(access_expires_at, Tstz),
+        name!(refresh_token, String),
+        name!(refresh_expires_at, Tstz),
+    ),
+> {
+    let user_id = error::require_user_id(user_id);
+    let data = error::require_data(data);
+    let auth_level = error::require_auth_level(auth_level);
+    TableIterator::once(pair_row(session::issue(user_id, &data, auth_level)))
+}
+
+/// Checks an access token. Writes nothing, so it runs on a hot standby.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_validate(
+    token: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(session_id, Option<Uuid>),
+        name!(user_id, Option<String>),
+        name!(data, Option<JsonB>),
+        name!(auth_level, Option<i32>),
+        name!(authenticated_at, Option<Tstz>),
+        name!(expires_at, Option<Tstz>),
+    ),
+> {
+    let row = match session::validate(token) {
+        Ok(v) => (
+            "ok".to_string(),
+            Some(Uuid::from_bytes(v.session_id)),
+            Some(v.user_id),
+            Some(JsonB(v.data)),
+            Some(v.auth_level),
+            Some(to_timestamptz(v.authenticated_at)),
+            Some(to_timestamptz(v.expires_at)),
+        ),
+        Err(status) => (
+            status.as_str().to_string(),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ),
+    };
+    TableIterator::once(row)
+}
+
+type RefreshRow = (
+    String,
+    Option<Uuid>,
+    Option<String>,
+    Option<Tstz>,
+    Option<String>,
+    Option<Tstz>,
+);
+
+fn status_pair_row(result: Result<Pair, Status>) -> RefreshRow {
+    match result {
+        Ok(p) => {
+            let (id, at, ax, rt, rx) = pair_row(p);
+            (
+                "ok".to_string(),
+                Some(id),
+                Some(at),
+                Some(ax),
+                Some(rt),
+                Some(rx),
+            )
+        }
+        Err(status) => (status.as_str().to_string(), None, None, None, None, None),
+    }
+}
+
+/// Rotates a refresh token: a new pair, the presented token superseded.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_refresh(
+    token: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(status, String),
+        name!(session_id, Option<Uuid>),
+        name!(access_token, Option<String>),
+        name!(access_expires_at, Option<Tstz>),
+        name!(refresh_token, Option<String>),
+        name!(refresh_expires_at, Option<Tstz>),
+    ),
+> {
+    TableIterator::once(status_pair_row(session::refresh(token)))
+}
+
+/// Logout: any token of a session revokes the whole session.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_revoke(token: Option<&str>) -> bool {
+    session::revoke_token(token)
+}
+
+/// "Sign out this device": revokes one session by id.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_revoke_id(session_id: Option<Uuid>) -> bool {
+    session_id.is_some_and(|id| session::revoke_id(&session_key(&id)))
+}
+
+/// Logout everywhere, or everywhere but `keep_session`. Returns how many
+/// sessions were revoked.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_revoke_user(user_id: Option<&str>, keep_session: default!(Option<Uuid>, "NULL")) -> i32 {
+    let user_id = error::require_user_id(user_id);
+    let keep = keep_session.map(|id| session_key(&id));
+    let revoked = session::revoke_user(user_id, keep.as_ref());
+    i32::try_from(revoked).unwrap_or(i32::MAX)
+}
+
+/// The user's live sessions, newest first.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_list(
+    user_id: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(session_id, Uuid),
+        name!(created_at, Tstz),
+        name!(authenticated_at, Tstz),
+        name!(last_refreshed_at, Tstz),
+        name!(expires_at, Tstz),
+        name!(auth_level, i32),
+        name!(data, JsonB),
+    ),
+> {
+    let user_id = error::require_user_id(user_id);
+    TableIterator::new(session::list(user_id).into_iter().map(|s| {
+        (
+            Uuid::from_bytes(s.session_id),
+            to_timestamptz(s.created_at),
+            to_timestamptz(s.authenticated_at),
+            to_timestamptz(s.last_refreshed_at),
+            to_timestamptz(s.expires_at),
+            s.auth_level,
+            JsonB(s.data),
+        )
+    }))
+}
+
+/// Replaces a live session's data.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_set_data(session_id: Option<Uuid>, data: Option<JsonB>) -> bool {
+    let data = error::require_data(data);
+    session_id.is_some_and(|id| session::set_data(&session_key(&id), &data))
+}
+
+/// Functions in the private schema, callable only by the extension owner
+/// (the PL/pgSQL wrappers run as the owner). `bootstrap.sql` creates the
+/// schema first with a plain CREATE SCHEMA; pgrx's IF NOT EXISTS is then a
+/// no-op.
+#[pg_schema]
+pub mod session_auth {
+    use pgrx::prelude::*;
+    use pgrx::Uuid;
+
+    use super::{status_pair_row, Tstz};
+    use crate::error;
+    use crate::session;
+
+    /// The rotation behind `session_reauthenticate`, which raises on its status.
+    /// Internal: lives in the private schema, callable only by the owner.
+    #[pg_extern(volatile, parallel_unsafe)]
+    pub fn reauthenticate_pair(
+        token: Option<&str>,
+        auth_level: Option<i32>,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(status, String),
+            name!(session_id, Option<Uuid>),
+            name!(access_token, Option<String>),
+            name!(access_expires_at, Option<Tstz>),
+            name!(refresh_token, Option<String>),
+            name!(refresh_expires_at, Option<Tstz>),
+        ),
+    > {
+        if let Some(level) = auth_level {
+            error::require_auth_level(Some(level));
+        }
+        TableIterator::once(status_pair_row(session::reauthenticate(token, auth_level)))
+    }
+}

@@ -1,0 +1,177 @@
+//! Time: the statement's clock and the effective deadlines of a session.
+//!
+//! Times are PostgreSQL `TimestampTz` values (microseconds since 2000-01-01)
+//! so the arithmetic is plain integer arithmetic.
+//!
+//! A deadline is stored when a token is issued or refreshed, from the
+//! settings of the calling database session. A check also applies the
+//! caller's current settings to the deadline's anchor and takes the earlier
+//! of the two, so a DBA who tightens a timeout tightens it for existing
+//! sessions at once, while loosening it never extends a stored deadline.
+
+use pgrx::pg_sys;
+
+pub type Micros = i64;
+
+/// The start of the current top-level statement (`statement_timestamp()`),
+/// so a long transaction cannot stretch a deadline.
+pub fn statement_now() -> Micros {
+    // SAFETY: reads a backend-local variable set for every statement.
+    unsafe { pg_sys::GetCurrentStatementStartTimestamp() }
+}
+
+/// The settings that bound a session's life, in microseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub access_ttl: Micros,
+    pub idle_timeout: Micros,
+    pub absolute_timeout: Micros,
+    pub refresh_grace: Micros,
+}
+
+impl Policy {
+    /// The caller's current settings.
+    pub fn current() -> Self {
+        use crate::gucs;
+        Policy {
+            access_ttl: gucs::access_ttl_us(),
+            idle_timeout: gucs::idle_timeout_us(),
+            absolute_timeout: gucs::absolute_timeout_us(),
+            refresh_grace: gucs::refresh_grace_us(),
+        }
+    }
+}
+
+/// What is stored on a session row about its life.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored {
+    pub created_at: Micros,
+    pub last_refreshed_at: Micros,
+    pub refresh_expires_at: Micros,
+    pub absolute_expires_at: Micros,
+    pub access_issued_at: Micros,
+    pub access_expires_at: Micros,
+}
+
+/// Deadlines with the caller's current settings applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Effective {
+    /// When the session ends if it is not refreshed: idle or absolute.
+    pub session: Micros,
+    /// When the absolute timeout ends the session whatever happens.
+    pub absolute: Micros,
+    /// When the current access token stops validating.
+    pub access: Micros,
+}
+
+impl Effective {
+    pub fn of(stored: &Stored, policy: &Policy) -> Self {
+        let idle = stored
+            .refresh_expires_at
+            .min(stored.last_refreshed_at.saturating_add(policy.idle_timeout));
+        let absolute = stored
+            .absolute_expires_at
+            .min(stored.created_at.saturating_add(policy.absolute_timeout));
+        let session = idle.min(absolute);
+        let access = stored
+            .access_expires_at
+            .min(stored.access_issued_at.saturating_add(policy.access_ttl))
+            .min(session);
+        Effective {
+            session,
+            absolute,
+            access,
+        }
+    }
+}
+
+/// Stored deadlines for a pair issued now: the refresh token slides by the
+/// idle timeout but never past the absolute deadline, and no access token
+/// outlives it either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewPair {
+    pub access_expires_at: Micros,
+    pub refresh_expires_at: Micros,
+}
+
+impl NewPair {
+    pub fn at(now: Micros, absolute_deadline: Micros, policy: &Policy) -> Self {
+        NewPair {
+            access_expires_at: now.saturating_add(policy.access_ttl).min(absolute_deadline),
+            refresh_expires_at: now
+                .saturating_add(policy.idle_timeout)
+                .min(absolute_deadline),
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    const MIN: Micros = 60_000_000;
+
+    fn policy() -> Policy {
+        Policy {
+            access_ttl: 15 * MIN,
+            idle_timeout: 30 * MIN,
+            absolute_timeout: 12 * 60 * MIN,
+            refresh_grace: 10_000_000,
+        }
+    }
+
+    fn issued_at(t: Micros) -> Stored {
+        let p = policy();
+        let pair = NewPair::at(t, t + p.absolute_timeout, &p);
+        Stored {
+            created_at: t,
+            last_refreshed_at: t,
+            refresh_expires_at: pair.refresh_expires_at,
+            absolute_expires_at: t + p.absolute_timeout,
+            access_issued_at: t,
+            access_expires_at: pair.access_expires_at,
+        }
+    }
+
+    #[test]
+    fn stored_deadlines_apply_under_unchanged_settings() {
+        let e = Effective::of(&issued_at(0), &policy());
+        assert_eq!(e.access, 15 * MIN);
+        assert_eq!(e.session, 30 * MIN);
+        assert_eq!(e.absolute, 12 * 60 * MIN);
+    }
+
+    #[test]
+    fn tightened_settings_shorten_existing_sessions() {
+        let mut tight = policy();
+        tight.idle_timeout = 5 * MIN;
+        tight.access_ttl = MIN;
+        let e = Effective::of(&issued_at(0), &tight);
+        assert_eq!(e.session, 5 * MIN);
+        assert_eq!(e.access, MIN);
+        tight.absolute_timeout = 2 * MIN;
+        let e = Effective::of(&issued_at(0), &tight);
+        assert_eq!(e.session, 2 * MIN);
+        assert_eq!(e.absolute, 2 * MIN);
+    }
+
+    #[test]
+    fn loosened_settings_never_extend_stored_deadlines() {
+        let mut loose = policy();
+        loose.idle_timeout = 600 * MIN;
+        loose.access_ttl = 600 * MIN;
+        loose.absolute_timeout = 6000 * MIN;
+        let e = Effective::of(&issued_at(0), &loose);
+        assert_eq!(e, Effective::of(&issued_at(0), &policy()));
+    }
+
+    #[test]
+    fn new_pairs_never_outlive_the_absolute_deadline() {
+        let pair = NewPair::at(100 * MIN, 110 * MIN, &policy());
+        assert_eq!(pair.refresh_expires_at, 110 * MIN);
+        assert_eq!(pair.access_expires_at, 110 * MIN);
+        let pair = NewPair::at(0, 1000 * MIN, &policy());
+        assert_eq!(pair.refresh_expires_at, 30 * MIN);
+        assert_eq!(pair.access_expires_at, 15 * MIN);
+    }
+}

@@ -1,0 +1,49 @@
+//! pg_session_auth: session management inside PostgreSQL.
+//!
+//! Module map: `api` (the SQL functions), `session` (the lifecycle),
+//! `token` (generation, digests, parsing), `clock` (deadlines), `store`
+//! (prepared statements), `gucs` (settings), `error` (SQLSTATEs).
+
+use pgrx::prelude::*;
+
+mod api;
+mod clock;
+mod error;
+mod gucs;
+mod session;
+mod store;
+mod token;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/raising.sql",
+    name = "raising",
+    requires = [
+        api::session_validate,
+        api::session_auth::reauthenticate_pair
+    ]
+);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::register(preloading);
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

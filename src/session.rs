@@ -1,0 +1,608 @@
+//! The session lifecycle: issue, validate, refresh, revoke, list, set data,
+//! reauthenticate.
+//!
+//! A token names its session, so every operation starts with one
+//! primary-key probe of `session_auth.sessions`, then decides which of the
+//! session's tokens was presented by comparing digests:
+//!
+//! * the current pair, on the row;
+//! * the parent pair it replaced, also on the row (grace window, rules 2/6);
+//! * an older superseded token, found on the blacklist (reuse, rule 3).
+//!
+//! A token matching none of them was never issued: `invalid`, whatever
+//! session id it claims. Writers lock the session row first (`FOR UPDATE`),
+//! which serialises concurrent refreshes of one family (rule 7).
+
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, Spi};
+use serde_json::{json, Value};
+
+use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
+use crate::error;
+use crate::store::{self, SessionRow};
+use crate::token::{self, Kind, Parsed};
+
+/// The status words of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Invalid,
+    Revoked,
+    Expired,
+    ReuseDetected,
+}
+
+impl Status {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Invalid => "invalid",
+            Status::Revoked => "revoked",
+            Status::Expired => "expired",
+            Status::ReuseDetected => "reuse_detected",
+        }
+    }
+}
+
+/// A freshly issued or rotated pair.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub session_id: [u8; 16],
+    pub access_token: String,
+    pub access_expires_at: Micros,
+    pub refresh_token: String,
+    pub refresh_expires_at: Micros,
+}
+
+/// What `session_validate` answers for a good access token.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    pub session_id: [u8; 16],
+    pub user_id: String,
+    pub data: Value,
+    pub auth_level: i32,
+    pub authenticated_at: Micros,
+    pub expires_at: Micros,
+}
+
+/// A live session for a "your devices" page.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub session_id: [u8; 16],
+    pub created_at: Micros,
+    pub authenticated_at: Micros,
+    pub last_refreshed_at: Micros,
+    pub expires_at: Micros,
+    pub auth_level: i32,
+    pub data: Value,
+}
+
+/// Which of a session's tokens was presented.
+#[derive(Clone, Debug)]
+enum Presented {
+    Current,
+    Parent,
+    /// Superseded before the parent; from the blacklist.
+    Older {
+        generation: i32,
+        expires_at: Micros,
+    },
+}
+
+fn fresh<T>(r: Result<T, rand::Error>) -> T {
+    r.unwrap_or_else(|e| error::internal("reading the OS random source", e))
+}
+
+fn new_pair_secrets() -> (token::Secret, token::Secret) {
+    (fresh(token::new_secret()), fresh(token::new_secret()))
+}
+
+fn load_for_update(client: &mut SpiClient<'_>, session: &[u8; 16]) -> Option<SessionRow> {
+    store::run(
+        client,
+        &store::LOAD_FOR_UPDATE,
+        &[store::uuid(session)],
+        |t| store::first_row(t, SessionRow::read),
+    )
+}
+
+/// Finds which token of `row` the parsed token is, if any.
+fn identify(client: &mut SpiClient<'_>, parsed: &Parsed, row: &SessionRow) -> Option<Presented> {
+    let (current, parent) = match parsed.kind {
+        Kind::Access => (&row.access_digest, &row.parent_access_digest),
+        Kind::Refresh => (&row.refresh_digest, &row.parent_refresh_digest),
+    };
+    if token::same_digest(&parsed.digest, Some(current)) {
+        return Some(Presented::Current);
+    }
+    if token::same_digest(&parsed.digest, parent.as_deref()) {
+        return Some(Presented::Parent);
+    }
+    store::find_blacklisted(client, &parsed.digest, &row.session_id)
+        .filter(|b| b.kind == parsed.kind.as_str())
+        .map(|b| Presented::Older {
+            generation: b.generation,
+            expires_at: b.expires_at,
+        })
+}
+
+/// Whether the parent pair is still inside its grace window.
+fn in_grace(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
+    row.parent_grace
+        && row
+            .rotated_at
+            .is_some_and(|at| now < at.saturating_add(policy.refresh_grace))
+}
+
+/// The status of an access token and, when it is good, until when.
+/// Precedence: invalid, revoked, expired.
+fn access_status(
+    presented: &Presented,
+    row: &SessionRow,
+    now: Micros,
+    policy: &Policy,
+) -> Result<Micros, Status> {
+    if row.revoked_at.is_some() {
+        return Err(Status::Revoked);
+    }
+    let effective = Effective::of(&row.stored(), policy);
+    let until = match presented {
+        Presented::Current => effective.access,
+        Presented::Parent => {
+            // Rule 6: in-flight requests of the pair a refresh replaced.
+            if !in_grace(row, now, policy) {
+                return Err(Status::Revoked);
+            }
+            let grace_end = row.rotated_at.unwrap_or(now) + policy.refresh_grace;
+            grace_end
+                .min(row.parent_access_expires_at.unwrap_or(now))
+                .min(effective.session)
+        }
+        Presented::Older { .. } => return Err(Status::Revoked),
+    };
+    if now >= until {
+        return Err(Status::Expired);
+    }
+    Ok(until)
+}
+
+pub fn issue(user_id: &str, data: &Value, auth_level: i32) -> Pair {
+    let now = statement_now();
+    let policy = Policy::current();
+    let session_id = fresh(token::new_session_key());
+    let (access, refresh) = new_pair_secrets();
+    let access_token = token::encode(Kind::Access, &session_id, &access);
+    let refresh_token = token::encode(Kind::Refresh, &session_id, &refresh);
+    let absolute = now.saturating_add(policy.absolute_timeout);
+    let deadlines = NewPair::at(now, absolute, &policy);
+    Spi::connect_mut(|client| {
+        store::run(
+            client,
+            &store::INSERT_SESSION,
+            &[
+                store::uuid(&session_id),
+                user_id.into(),
+                JsonB(data.clone()).into(),
+                auth_level.into(),
+                store::ts(now),
+                store::bytes(&token::digest(&access_token)),
+                store::ts(deadlines.access_expires_at),
+                store::bytes(&token::digest(&refresh_token)),
+                store::ts(deadlines.refresh_expires_at),
+                store::ts(absolute),
+            ],
+            |_| (),
+        );
+        record_event(
+            client,
+            "issued",
+            now,
+            &session_id,
+            user_id,
+            json!({ "auth_level": auth_level }),
+        );
+        notify(client, "issued", &session_id, user_id);
+    });
+    Pair {
+        session_id,
+        access_token,
+        access_expires_at: deadlines.access_expires_at,
+        refresh_token,
+        refresh_expires_at: deadlines.refresh_expires_at,
+    }
+}
+
+pub fn validate(token: Option<&str>) -> Result<Validated, Status> {
+    let parsed = token
+        .and_then(|t| token::parse(t, Some(Kind::Access)))
+        .ok_or(Status::Invalid)?;
+    let now = statement_now();
+    let policy = Policy::current();
+    Spi::connect_mut(|client| {
+        let (row, data) = store::run(
+            client,
+            &store::LOAD_FOR_VALIDATE,
+            &[store::uuid(&parsed.session)],
+            |t| {
+                store::first_row(t, |r| {
+                    let data: JsonB = store::req(r, store::SESSION_COLUMNS + 1);
+                    (SessionRow::read(r), data.0)
+                })
+            },
+        )
+        .ok_or(Status::Invalid)?;
+        let presented = identify(client, &parsed, &row).ok_or(Status::Invalid)?;
+        let expires_at = access_status(&presented, &row, now, &policy)?;
+        Ok(Validated {
+            session_id: row.session_id,
+            user_id: row.user_id,
+            data,
+            auth_level: row.auth_level,
+            authenticated_at: row.authenticated_at,
+            expires_at,
+        })
+    })
+}
+
+pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
+    let token = token.ok_or(Status::Invalid)?;
+    let parsed = token::parse(token, Some(Kind::Refresh)).ok_or(Status::Invalid)?;
+    let now = statement_now();
+    let policy = Policy::current();
+    Spi::connect_mut(|client| {
+        let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
+        let presented = identify(client, &parsed, &row).ok_or(Status::Invalid)?;
+        if row.revoked_at.is_some() {
+            return Err(Status::Revoked);
+        }
+        let effective = Effective::of(&row.stored(), &policy);
+        if now >= effective.session {
+            return Err(Status::Expired);
+        }
+        match presented {
+            Presented::Current => Ok(rotate(client, &row, token, now, &policy, effective)),
+            Presented::Parent if in_grace(&row, now, &policy) => {
+                // Rule 2: a lost response or a second tab gets the same pair.
+                retry_pair(&row, token).ok_or(Status::Invalid)
+            }
+            Presented::Parent => {
+                reuse_detected(client, &row, row.generation - 1, now);
+                Err(Status::ReuseDetected)
+            }
+            Presented::Older {
+                generation,
+                expires_at,
+            } => {
+                if now >= expires_at {
+                    return Err(Status::Expired);
+                }
+                reuse_detected(client, &row, generation, now);
+                Err(Status::ReuseDetected)
+            }
+        }
+    })
+}
+
+/// Rule 1: a new pair replaces the current one, which becomes the parent.
+fn rotate(
+    client: &mut SpiClient<'_>,
+    row: &SessionRow,
+    presented_refresh: &str,
+    now: Micros,
+    policy: &Policy,
+    effective: Effective,
+) -> Pair {
+    let (access, refresh) = new_pair_secrets();
+    let wrapped = token::wrap_pair(presented_refresh, &access, &refresh);
+    write_rotation(
+        client,
+        row,
+        Rotation {
+            now,
+            policy,
+            absolute: effective.absolute,
+            access,
+            refresh,
+            retry_pair: Some(wrapped),
+            reauth: None,
+        },
+    )
+}
+
+struct Rotation<'a> {
+    now: Micros,
+    policy: &'a Policy,
+    absolute: Micros,
+    access: token::Secret,
+    refresh: token::Secret,
+    /// `Some` for a refresh (grace applies), `None` for a reauthentication.
+    retry_pair: Option<Vec<u8>>,
+    /// The level a reauthentication asks for (`Some(None)`: keep the level).
+    reauth: Option<Option<i32>>,
+}
+
+fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>) -> Pair {
+    let access_token = token::encode(Kind::Access, &row.session_id, &r.access);
+    let refresh_token = token::encode(Kind::Refresh, &row.session_id, &r.refresh);
+    let deadlines = NewPair::at(r.now, r.absolute, r.policy);
+    let reason = if r.reauth.is_some() {
+        "reauthenticated"
+    } else {
+        "superseded"
+    };
+    let grace = r.retry_pair.is_some();
+    store::run(
+        client,
+        &store::ROTATE,
+        &[
+            store::uuid(&row.session_id),
+            store::ts(r.now),
+            grace.into(),
+            r.retry_pair.as_deref().into(),
+            store::bytes(&token::digest(&access_token)),
+            store::ts(deadlines.access_expires_at),
+            store::bytes(&token::digest(&refresh_token)),
+            store::ts(deadlines.refresh_expires_at),
+            store::opt_ts(r.reauth.map(|_| r.now)),
+            r.reauth.flatten().into(),
+            store::bytes(&row.access_digest),
+            row.generation.into(),
+            store::ts(row.access_expires_at),
+            reason.into(),
+            store::bytes(&row.refresh_digest),
+            store::ts(row.refresh_expires_at),
+        ],
+        |_| (),
+    );
+    Pair {
+        session_id: row.session_id,
+        access_token,
+        access_expires_at: deadlines.access_expires_at,
+        refresh_token,
+        refresh_expires_at: deadlines.refresh_expires_at,
+    }
+}
+
+/// The pair that replaced `parent`, rebuilt from the wrapped secrets.
+fn retry_pair(row: &SessionRow, parent: &str) -> Option<Pair> {
+    let (access, refresh) = token::unwrap_pair(parent, row.retry_pair.as_deref()?)?;
+    let access_token = token::encode(Kind::Access, &row.session_id, &access);
+    let refresh_token = token::encode(Kind::Refresh, &row.session_id, &refresh);
+    // Only the holder of the true parent derives the true pair; check it.
+    let genuine = token::same_digest(&token::digest(&access_token), Some(&row.access_digest))
+        && token::same_digest(&token::digest(&refresh_token), Some(&row.refresh_digest));
+    genuine.then_some(Pair {
+        session_id: row.session_id,
+        access_token,
+        access_expires_at: row.access_expires_at,
+        refresh_token,
+        refresh_expires_at: row.refresh_expires_at,
+    })
+}
+
+/// Rule 3: a superseded refresh token came back. The whole family dies.
+fn reuse_detected(client: &mut SpiClient<'_>, row: &SessionRow, replayed: i32, now: Micros) {
+    revoke_ids(
+        client,
+        &[row.session_id],
+        now,
+        "reuse_detected",
+        json!({
+            "presented_generation": replayed,
+            "current_generation": row.generation,
+        }),
+    );
+}
+
+/// Revokes the given live sessions, records one event each and announces
+/// each. Returns how many were revoked.
+fn revoke_ids(
+    client: &mut SpiClient<'_>,
+    ids: &[[u8; 16]],
+    now: Micros,
+    event: &str,
+    details: Value,
+) -> usize {
+    if ids.is_empty() {
+        return 0;
+    }
+    let uuids: Vec<pgrx::Uuid> = ids.iter().map(|id| pgrx::Uuid::from_bytes(*id)).collect();
+    let revoked: Vec<(pgrx::Uuid, String)> = store::run(
+        client,
+        &store::REVOKE,
+        &[
+            uuids.into(),
+            store::ts(now),
+            event.into(),
+            event.into(),
+            JsonB(details).into(),
+        ],
+        |t| t.map(|r| (store::req(&r, 1), store::req(&r, 2))).collect(),
+    );
+    for (id, user_id) in &revoked {
+        notify(client, event, id.as_bytes(), user_id);
+    }
+    revoked.len()
+}
+
+pub fn revoke_token(token: Option<&str>) -> bool {
+    let Some(parsed) = token.and_then(|t| token::parse(t, None)) else {
+        return false;
+    };
+    let now = statement_now();
+    Spi::connect_mut(|client| {
+        let Some(row) = load_for_update(client, &parsed.session) else {
+            return false;
+        };
+        if identify(client, &parsed, &row).is_none() || row.revoked_at.is_some() {
+            return false;
+        }
+        revoke_ids(client, &[row.session_id], now, "revoked", json!({})) == 1
+    })
+}
+
+pub fn revoke_id(session_id: &[u8; 16]) -> bool {
+    let now = statement_now();
+    Spi::connect_mut(|client| revoke_ids(client, &[*session_id], now, "revoked", json!({})) == 1)
+}
+
+/// Logout everywhere (but `keep`). Locks the user's sessions in session-id
+/// order, the one order every multi-session operation uses.
+pub fn revoke_user(user_id: &str, keep: Option<&[u8; 16]>) -> usize {
+    let now = statement_now();
+    let policy = Policy::current();
+    Spi::connect_mut(|client| {
+        let rows: Vec<SessionRow> = store::run(
+            client,
+            &store::LOAD_USER_FOR_UPDATE,
+            &[user_id.into()],
+            |t| t.map(|r| SessionRow::read(&r)).collect(),
+        );
+        let ids: Vec<[u8; 16]> = rows
+            .iter()
+            .filter(|r| Some(&r.session_id) != keep)
+            .filter(|r| now < Effective::of(&r.stored(), &policy).session)
+            .map(|r| r.session_id)
+            .collect();
+        let kept = keep.map(|k| format_uuid(k));
+        revoke_ids(
+            client,
+            &ids,
+            now,
+            "revoked_user",
+            json!({ "kept_session": kept }),
+        )
+    })
+}
+
+pub fn list(user_id: &str) -> Vec<Listed> {
+    let now = statement_now();
+    let policy = Policy::current();
+    let mut live: Vec<Listed> = Spi::connect_mut(|client| {
+        store::run(client, &store::LIST_USER, &[user_id.into()], |t| {
+            t.filter_map(|r| {
+                let row = SessionRow::read(&r);
+                let expires_at = Effective::of(&row.stored(), &policy).session;
+                (now < expires_at).then(|| {
+                    let data: JsonB = store::req(&r, store::SESSION_COLUMNS + 1);
+                    Listed {
+                        session_id: row.session_id,
+                        created_at: row.created_at,
+                        authenticated_at: row.authenticated_at,
+                        last_refreshed_at: row.last_refreshed_at,
+                        expires_at,
+                        auth_level: row.auth_level,
+                        data: data.0,
+                    }
+                })
+            })
+            .collect()
+        })
+    });
+    live.sort_by(|a, b| (b.created_at, b.session_id).cmp(&(a.created_at, a.session_id)));
+    live
+}
+
+pub fn set_data(session_id: &[u8; 16], data: &Value) -> bool {
+    let now = statement_now();
+    let policy = Policy::current();
+    Spi::connect_mut(|client| {
+        let Some(row) = load_for_update(client, session_id) else {
+            return false;
+        };
+        if row.revoked_at.is_some() || now >= Effective::of(&row.stored(), &policy).session {
+            return false;
+        }
+        store::run(
+            client,
+            &store::SET_DATA,
+            &[store::uuid(session_id), JsonB(data.clone()).into()],
+            |_| (),
+        );
+        true
+    })
+}
+
+/// The application verified the user again: a new pair at once, no grace
+/// for the old one, `authenticated_at` now, the level raised if asked.
+pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pair, Status> {
+    let parsed = token
+        .and_then(|t| token::parse(t, Some(Kind::Access)))
+        .ok_or(Status::Invalid)?;
+    let now = statement_now();
+    let policy = Policy::current();
+    Spi::connect_mut(|client| {
+        let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
+        let presented = identify(client, &parsed, &row).ok_or(Status::Invalid)?;
+        access_status(&presented, &row, now, &policy)?;
+        let (access, refresh) = new_pair_secrets();
+        let absolute = Effective::of(&row.stored(), &policy).absolute;
+        let pair = write_rotation(
+            client,
+            &row,
+            Rotation {
+                now,
+                policy: &policy,
+                absolute,
+                access,
+                refresh,
+                retry_pair: None,
+                reauth: Some(auth_level),
+            },
+        );
+        let level = auth_level.map_or(row.auth_level, |l| l.max(row.auth_level));
+        record_event(
+            client,
+            "reauthenticated",
+            now,
+            &row.session_id,
+            &row.user_id,
+            json!({ "auth_level": level }),
+        );
+        Ok(pair)
+    })
+}
+
+fn record_event(
+    client: &mut SpiClient<'_>,
+    event: &str,
+    at: Micros,
+    session_id: &[u8; 16],
+    user_id: &str,
+    details: Value,
+) {
+    store::run(
+        client,
+        &store::INSERT_EVENT,
+        &[
+            event.into(),
+            store::ts(at),
+            store::uuid(session_id),
+            user_id.into(),
+            JsonB(details).into(),
+        ],
+        |_| (),
+    );
+}
+
+/// `NOTIFY session_auth` with `{"event", "session_id", "user_id"}`; sent
+/// when the transaction that recorded the event commits. `user_id` is at
+/// most 256 bytes, so the payload stays far below the 8000-byte limit.
+fn notify(client: &mut SpiClient<'_>, event: &str, session_id: &[u8; 16], user_id: &str) {
+    let payload = json!({
+        "event": event,
+        "session_id": format_uuid(session_id),
+        "user_id": user_id,
+    });
+    store::notify(client, &payload.to_string());
+}
+
+pub fn format_uuid(id: &[u8; 16]) -> String {
+    let h = hex::encode(id);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

@@ -1,0 +1,418 @@
+//! Every statement the extension runs, prepared once per backend.
+//!
+//! Plans are kept with `SPI_keepplan`, so a call costs an executor run, not
+//! a parse and plan. PostgreSQL's plan cache revalidates them if the tables
+//! change (or the extension is dropped and created again). All names are
+//! schema-qualified.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgBuiltInOids as T;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
+use pgrx::{FromDatum, IntoDatum, PgOid};
+
+use crate::error;
+
+/// A statement and the types of its parameters.
+pub struct Stmt {
+    pub name: &'static str,
+    pub sql: &'static str,
+    pub args: &'static [T],
+    /// Read-only statements run with the caller's snapshot (validate is
+    /// STABLE); writers take a fresh one and may lock.
+    pub writes: bool,
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> =
+        RefCell::new(HashMap::new());
+}
+
+fn plan(client: &SpiClient<'_>, stmt: &Stmt) -> Rc<OwnedPreparedStatement> {
+    if let Some(plan) = PLANS.with(|p| p.borrow().get(stmt.name).cloned()) {
+        return plan;
+    }
+    let oids: Vec<PgOid> = stmt.args.iter().map(|t| PgOid::BuiltIn(*t)).collect();
+    let prepared = if stmt.writes {
+        client.prepare_mut(stmt.sql, &oids)
+    } else {
+        client.prepare(stmt.sql, &oids)
+    };
+    let plan = Rc::new(
+        prepared
+            .unwrap_or_else(|e| error::internal(stmt.name, e))
+            .keep(),
+    );
+    PLANS.with(|p| p.borrow_mut().insert(stmt.name, plan.clone()));
+    plan
+}
+
+/// Runs a statement and hands its result to `read` while SPI still owns it.
+pub fn run<'conn, R>(
+    client: &mut SpiClient<'conn>,
+    stmt: &Stmt,
+    args: &[DatumWithOid<'_>],
+    read: impl FnOnce(SpiTupleTable<'conn>) -> R,
+) -> R {
+    let plan = plan(client, stmt);
+    let result = if stmt.writes {
+        client.update(&*plan, None, args)
+    } else {
+        client.select(&*plan, None, args)
+    };
+    read(result.unwrap_or_else(|e| error::internal(stmt.name, e)))
+}
+
+/// Column `n` (1-based) of a row, NULL as `None`.
+pub fn col<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData<'_>, n: usize) -> Option<T> {
+    row.get::<T>(n)
+        .unwrap_or_else(|e| error::internal("reading a row", e))
+}
+
+/// Column `n` that the schema declares NOT NULL.
+pub fn req<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData<'_>, n: usize) -> T {
+    col(row, n).unwrap_or_else(|| error::internal("reading a row", format!("column {n} is NULL")))
+}
+
+/// Helpers to turn Rust values into typed parameters.
+pub fn bytes(b: &[u8]) -> DatumWithOid<'static> {
+    // SAFETY: a bytea datum with the bytea type oid.
+    unsafe { DatumWithOid::new(b, T::BYTEAOID.value()) }
+}
+
+pub fn ts(us: i64) -> DatumWithOid<'static> {
+    // SAFETY: a TimestampTz is an int64 datum, passed with its own type oid.
+    unsafe { DatumWithOid::new(us, T::TIMESTAMPTZOID.value()) }
+}
+
+pub fn opt_ts(us: Option<i64>) -> DatumWithOid<'static> {
+    match us {
+        Some(us) => ts(us),
+        None => DatumWithOid::null_oid(T::TIMESTAMPTZOID.value()),
+    }
+}
+
+pub fn uuid(key: &[u8; 16]) -> DatumWithOid<'static> {
+    pgrx::Uuid::from_bytes(*key).into()
+}
+
+/// A timestamptz column as microseconds.
+pub fn ts_col(row: &SpiHeapTupleData<'_>, n: usize) -> Option<i64> {
+    col::<pgrx::datum::TimestampWithTimeZone>(row, n).map(|t| t.into_inner())
+}
+
+pub fn req_ts(row: &SpiHeapTupleData<'_>, n: usize) -> i64 {
+    ts_col(row, n)
+        .unwrap_or_else(|| error::internal("reading a row", format!("column {n} is NULL")))
+}
+
+pub fn to_timestamptz(us: i64) -> pgrx::datum::TimestampWithTimeZone {
+    pgrx::datum::TimestampWithTimeZone::try_from(us)
+        .unwrap_or_else(|e| error::internal("timestamp out of range", e))
+}
+
+/// Sends `NOTIFY channel, payload`, delivered when the transaction commits.
+pub fn notify(client: &mut SpiClient<'_>, payload: &str) {
+    run(client, &NOTIFY, &[payload.into()], |_| ());
+}
+
+// ---------------------------------------------------------------------------
+// The statements.
+
+/// Columns of `SessionRow`, in order.
+macro_rules! session_columns {
+    () => {
+        "session_id, user_id, auth_level, created_at, authenticated_at, last_refreshed_at, \
+         generation, access_digest, access_issued_at, access_expires_at, refresh_digest, \
+         refresh_expires_at, absolute_expires_at, parent_access_digest, \
+         parent_access_expires_at, parent_refresh_digest, rotated_at, parent_grace, \
+         retry_pair, revoked_at"
+    };
+}
+
+pub static LOAD_FOR_VALIDATE: Stmt = Stmt {
+    name: "load_for_validate",
+    sql: concat!(
+        "SELECT ",
+        session_columns!(),
+        ", data FROM session_auth.sessions WHERE session_id = $1"
+    ),
+    args: &[T::UUIDOID],
+    writes: false,
+};
+
+pub static LOAD_FOR_UPDATE: Stmt = Stmt {
+    name: "load_for_update",
+    sql: concat!(
+        "SELECT ",
+        session_columns!(),
+        " FROM session_auth.sessions WHERE session_id = $1 FOR UPDATE"
+    ),
+    args: &[T::UUIDOID],
+    writes: true,
+};
+
+pub static LOAD_USER_FOR_UPDATE: Stmt = Stmt {
+    name: "load_user_for_update",
+    // One fixed lock order (session_id) for every multi-session operation.
+    sql: concat!(
+        "SELECT ",
+        session_columns!(),
+        " FROM session_auth.sessions WHERE user_id = $1 AND revoked_at IS NULL \
+         ORDER BY session_id FOR UPDATE"
+    ),
+    args: &[T::TEXTOID],
+    writes: true,
+};
+
+pub static LIST_USER: Stmt = Stmt {
+    name: "list_user",
+    sql: concat!(
+        "SELECT ",
+        session_columns!(),
+        ", data FROM session_auth.sessions WHERE user_id = $1 AND revoked_at IS NULL"
+    ),
+    args: &[T::TEXTOID],
+    writes: false,
+};
+
+pub static FIND_BLACKLISTED: Stmt = Stmt {
+    name: "find_blacklisted",
+    sql: "SELECT kind, generation, expires_at FROM session_auth.blacklist \
+          WHERE digest = $1 AND session_id = $2",
+    args: &[T::BYTEAOID, T::UUIDOID],
+    writes: false,
+};
+
+pub static INSERT_SESSION: Stmt = Stmt {
+    name: "insert_session",
+    sql: "INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, \
+          created_at, authenticated_at, last_refreshed_at, generation, access_digest, \
+          access_issued_at, access_expires_at, refresh_digest, refresh_expires_at, \
+          absolute_expires_at, purge_after) \
+          VALUES ($1, $2, $3, $4, $5, $5, $5, 1, $6, $5, $7, $8, $9, $10, greatest($7, $9))",
+    args: &[
+        T::UUIDOID,
+        T::TEXTOID,
+        T::JSONBOID,
+        T::INT4OID,
+        T::TIMESTAMPTZOID,
+        T::BYTEAOID,
+        T::TIMESTAMPTZOID,
+        T::BYTEAOID,
+        T::TIMESTAMPTZOID,
+        T::TIMESTAMPTZOID,
+    ],
+    writes: true,
+};
+
+/// Replaces the current pair, keeps the old one as the parent (SET sees the
+/// old values) and puts the old digests on the blacklist, in one statement.
+pub static ROTATE: Stmt = Stmt {
+    name: "rotate",
+    sql: "WITH rotated AS ( \
+            UPDATE session_auth.sessions SET \
+              generation = generation + 1, \
+              parent_access_digest = access_digest, \
+              parent_access_expires_at = access_expires_at, \
+              parent_refresh_digest = refresh_digest, \
+              rotated_at = $2, parent_grace = $3, retry_pair = $4, \
+              access_digest = $5, access_issued_at = $2, access_expires_at = $6, \
+              refresh_digest = $7, refresh_expires_at = $8, last_refreshed_at = $2, \
+              authenticated_at = coalesce($9, authenticated_at), \
+              auth_level = greatest(auth_level, coalesce($10, auth_level)), \
+              purge_after = greatest(purge_after, $6, $8) \
+            WHERE session_id = $1) \
+          INSERT INTO session_auth.blacklist \
+            (digest, session_id, kind, generation, revoked_at, expires_at, reason) \
+          VALUES ($11, $1, 'access', $12, $2, $13, $14), \
+                 ($15, $1, 'refresh', $12, $2, $16, $14) \
+          ON CONFLICT (digest) DO NOTHING",
+    args: &[
+        T::UUIDOID,
+        T::TIMESTAMPTZOID,
+        T::BOOLOID,
+        T::BYTEAOID,
+        T::BYTEAOID,
+        T::TIMESTAMPTZOID,
+        T::BYTEAOID,
+        T::TIMESTAMPTZOID,
+        T::TIMESTAMPTZOID,
+        T::INT4OID,
+        T::BYTEAOID,
+        T::INT4OID,
+        T::TIMESTAMPTZOID,
+        T::TEXTOID,
+        T::BYTEAOID,
+        T::TIMESTAMPTZOID,
+    ],
+    writes: true,
+};
+
+/// Revokes live sessions by id, blacklists their current pairs and records
+/// one event per session, in one statement. Returns what a NOTIFY needs.
+pub static REVOKE: Stmt = Stmt {
+    name: "revoke",
+    sql: "WITH r AS ( \
+            UPDATE session_auth.sessions SET revoked_at = $2, revoked_reason = $3 \
+            WHERE session_id = ANY($1) AND revoked_at IS NULL \
+            RETURNING session_id, user_id, generation, access_digest, access_expires_at, \
+                      refresh_digest, refresh_expires_at), \
+          b AS ( \
+            INSERT INTO session_auth.blacklist \
+              (digest, session_id, kind, generation, revoked_at, expires_at, reason) \
+            SELECT d.digest, r.session_id, d.kind, r.generation, $2, d.expires_at, $3 FROM r, \
+              LATERAL (VALUES (r.access_digest, 'access', r.access_expires_at), \
+                              (r.refresh_digest, 'refresh', r.refresh_expires_at)) \
+                      AS d(digest, kind, expires_at) \
+            ON CONFLICT (digest) DO NOTHING), \
+          e AS ( \
+            INSERT INTO session_auth.events (event, at, session_id, user_id, details) \
+            SELECT $4, $2, r.session_id, r.user_id, $5 FROM r) \
+          SELECT session_id, user_id FROM r ORDER BY session_id",
+    args: &[
+        T::UUIDARRAYOID,
+        T::TIMESTAMPTZOID,
+        T::TEXTOID,
+        T::TEXTOID,
+        T::JSONBOID,
+    ],
+    writes: true,
+};
+
+pub static INSERT_EVENT: Stmt = Stmt {
+    name: "insert_event",
+    sql: "INSERT INTO session_auth.events (event, at, session_id, user_id, details) \
+          VALUES ($1, $2, $3, $4, $5)",
+    args: &[
+        T::TEXTOID,
+        T::TIMESTAMPTZOID,
+        T::UUIDOID,
+        T::TEXTOID,
+        T::JSONBOID,
+    ],
+    writes: true,
+};
+
+pub static SET_DATA: Stmt = Stmt {
+    name: "set_data",
+    sql: "UPDATE session_auth.sessions SET data = $2 WHERE session_id = $1",
+    args: &[T::UUIDOID, T::JSONBOID],
+    writes: true,
+};
+
+pub static NOTIFY: Stmt = Stmt {
+    name: "notify",
+    sql: "SELECT pg_catalog.pg_notify('session_auth', $1)",
+    args: &[T::TEXTOID],
+    writes: true,
+};
+
+// ---------------------------------------------------------------------------
+// Rows.
+
+/// A session row, without its data.
+#[derive(Clone, Debug)]
+pub struct SessionRow {
+    pub session_id: [u8; 16],
+    pub user_id: String,
+    pub auth_level: i32,
+    pub created_at: i64,
+    pub authenticated_at: i64,
+    pub last_refreshed_at: i64,
+    pub generation: i32,
+    pub access_digest: Vec<u8>,
+    pub access_issued_at: i64,
+    pub access_expires_at: i64,
+    pub refresh_digest: Vec<u8>,
+    pub refresh_expires_at: i64,
+    pub absolute_expires_at: i64,
+    pub parent_access_digest: Option<Vec<u8>>,
+    pub parent_access_expires_at: Option<i64>,
+    pub parent_refresh_digest: Option<Vec<u8>>,
+    pub rotated_at: Option<i64>,
+    pub parent_grace: bool,
+    pub retry_pair: Option<Vec<u8>>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Number of columns `session_columns!` selects.
+pub const SESSION_COLUMNS: usize = 20;
+
+impl SessionRow {
+    pub fn read(row: &SpiHeapTupleData<'_>) -> Self {
+        let id: pgrx::Uuid = req(row, 1);
+        let mut session_id = [0u8; 16];
+        session_id.copy_from_slice(id.as_bytes());
+        SessionRow {
+            session_id,
+            user_id: req(row, 2),
+            auth_level: req(row, 3),
+            created_at: req_ts(row, 4),
+            authenticated_at: req_ts(row, 5),
+            last_refreshed_at: req_ts(row, 6),
+            generation: req(row, 7),
+            access_digest: req(row, 8),
+            access_issued_at: req_ts(row, 9),
+            access_expires_at: req_ts(row, 10),
+            refresh_digest: req(row, 11),
+            refresh_expires_at: req_ts(row, 12),
+            absolute_expires_at: req_ts(row, 13),
+            parent_access_digest: col(row, 14),
+            parent_access_expires_at: ts_col(row, 15),
+            parent_refresh_digest: col(row, 16),
+            rotated_at: ts_col(row, 17),
+            parent_grace: req(row, 18),
+            retry_pair: col(row, 19),
+            revoked_at: ts_col(row, 20),
+        }
+    }
+
+    pub fn stored(&self) -> crate::clock::Stored {
+        crate::clock::Stored {
+            created_at: self.created_at,
+            last_refreshed_at: self.last_refreshed_at,
+            refresh_expires_at: self.refresh_expires_at,
+            absolute_expires_at: self.absolute_expires_at,
+            access_issued_at: self.access_issued_at,
+            access_expires_at: self.access_expires_at,
+        }
+    }
+}
+
+/// A blacklist entry matching a presented digest.
+#[derive(Clone, Debug)]
+pub struct Blacklisted {
+    pub kind: String,
+    pub generation: i32,
+    pub expires_at: i64,
+}
+
+pub fn first_row<'conn, R>(
+    mut table: SpiTupleTable<'conn>,
+    read: impl FnOnce(&SpiHeapTupleData<'conn>) -> R,
+) -> Option<R> {
+    table.next().map(|row| read(&row))
+}
+
+pub fn find_blacklisted(
+    client: &mut SpiClient<'_>,
+    digest: &[u8],
+    session_id: &[u8; 16],
+) -> Option<Blacklisted> {
+    run(
+        client,
+        &FIND_BLACKLISTED,
+        &[bytes(digest), uuid(session_id)],
+        |t| {
+            first_row(t, |r| Blacklisted {
+                kind: req(r, 1),
+                generation: req(r, 2),
+                expires_at: req_ts(r, 3),
+            })
+        },
+    )
+}

@@ -1,0 +1,335 @@
+//! In-server tests (`cargo pgrx test`). Each runs in a transaction that is
+//! rolled back, within one statement: `statement_timestamp()` does not move,
+//! so expiry is tested from outside (pg_regress and tests/client).
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
+        Spi::get_one::<T>(sql)
+            .expect("query failed")
+            .expect("query returned NULL")
+    }
+
+    /// Issues a session for `user` and returns (session_id, access, refresh).
+    fn issue(user: &str) -> (String, String, String) {
+        let (id, access, refresh) = Spi::get_three::<String, String, String>(&format!(
+            "SELECT session_id::text, access_token, refresh_token FROM session_issue('{user}')"
+        ))
+        .unwrap();
+        (id.unwrap(), access.unwrap(), refresh.unwrap())
+    }
+
+    fn validate_status(token: &str) -> String {
+        one(&format!("SELECT status FROM session_validate('{token}')"))
+    }
+
+    fn refresh(token: &str) -> (String, Option<String>, Option<String>) {
+        let (status, access, refresh) = Spi::get_three::<String, String, String>(&format!(
+            "SELECT status, access_token, refresh_token FROM session_refresh('{token}')"
+        ))
+        .unwrap();
+        (status.unwrap(), access, refresh)
+    }
+
+    fn events(kind: &str, session: &str) -> i64 {
+        one(&format!(
+            "SELECT count(*) FROM session_auth.events WHERE event = '{kind}' \
+             AND session_id = '{session}'"
+        ))
+    }
+
+    #[pg_test]
+    fn issue_returns_prefixed_tokens_and_stores_only_digests() {
+        let (id, access, refresh) = issue("alice");
+        assert!(access.starts_with("pgsa_at_") && access.len() == 72);
+        assert!(refresh.starts_with("pgsa_rt_") && refresh.len() == 72);
+        let leaked: i64 = one(&format!(
+            "SELECT count(*) FROM session_auth.sessions s \
+             WHERE s::text LIKE '%{}%' OR s::text LIKE '%{}%'",
+            &access[8..],
+            &refresh[8..]
+        ));
+        assert_eq!(leaked, 0);
+        let digest_ok: bool = one(&format!(
+            "SELECT access_digest = sha256('{access}'::bytea) \
+             AND refresh_digest = sha256('{refresh}'::bytea) \
+             FROM session_auth.sessions WHERE session_id = '{id}'"
+        ));
+        assert!(digest_ok);
+        assert_eq!(events("issued", &id), 1);
+    }
+
+    #[pg_test]
+    fn validate_answers_ok_with_the_session_row() {
+        let (id, access, _) = issue("bob");
+        let (status, user, level) = Spi::get_three::<String, String, i32>(&format!(
+            "SELECT status, user_id, auth_level FROM session_validate('{access}')"
+        ))
+        .unwrap();
+        assert_eq!(status.as_deref(), Some("ok"));
+        assert_eq!(user.as_deref(), Some("bob"));
+        assert_eq!(level, Some(1));
+        let same_id: bool = one(&format!(
+            "SELECT session_id = '{id}' FROM session_validate('{access}')"
+        ));
+        assert!(same_id);
+    }
+
+    #[pg_test]
+    fn validate_answers_invalid_for_anything_not_issued() {
+        let (_, access, refresh) = issue("carol");
+        assert_eq!(validate_status(&refresh), "invalid", "wrong kind");
+        assert_eq!(validate_status(""), "invalid");
+        assert_eq!(validate_status("garbage"), "invalid");
+        // Right shape, right session id, wrong secret.
+        let forged = format!("{}AAAAAAAAAAAAAAAA", &access[..56]);
+        assert_eq!(forged.len(), 72);
+        assert_eq!(validate_status(&forged), "invalid");
+        let null: String = one("SELECT status FROM session_validate(NULL)");
+        assert_eq!(null, "invalid");
+        let huge: String = one("SELECT status FROM session_validate(repeat('x', 10000000))");
+        assert_eq!(huge, "invalid");
+        let others_null: bool = one(
+            "SELECT session_id IS NULL AND user_id IS NULL AND data IS NULL \
+             AND expires_at IS NULL FROM session_validate('nope')",
+        );
+        assert!(others_null);
+    }
+
+    #[pg_test]
+    fn refresh_rotates_and_the_parent_retries_to_the_same_pair() {
+        let (id, access, refresh_token) = issue("dave");
+        let (status, a2, r2) = refresh(&refresh_token);
+        assert_eq!(status, "ok");
+        let (a2, r2) = (a2.unwrap(), r2.unwrap());
+        assert_ne!(a2, access);
+        assert_ne!(r2, refresh_token);
+        // Rule 2: within the grace window the parent gets the same pair.
+        let (status, a3, r3) = refresh(&refresh_token);
+        assert_eq!(status, "ok");
+        assert_eq!(a3.as_deref(), Some(a2.as_str()));
+        assert_eq!(r3.as_deref(), Some(r2.as_str()));
+        // Rule 6: the superseded access token still validates in the window.
+        assert_eq!(validate_status(&access), "ok");
+        assert_eq!(validate_status(&a2), "ok");
+        let generation: i32 = one(&format!(
+            "SELECT generation FROM session_auth.sessions WHERE session_id = '{id}'"
+        ));
+        assert_eq!(generation, 2, "exactly one rotation");
+        let blacklisted: i64 = one(&format!(
+            "SELECT count(*) FROM session_auth.blacklist WHERE session_id = '{id}' \
+             AND reason = 'superseded'"
+        ));
+        assert_eq!(blacklisted, 2);
+    }
+
+    #[pg_test]
+    fn replaying_an_ancestor_revokes_the_whole_family() {
+        let (id, _, r1) = issue("erin");
+        let (_, _, r2) = refresh(&r1);
+        let (_, a3, r3) = refresh(&r2.unwrap());
+        // r1 is the grandparent now: reuse, whatever the grace.
+        let (status, a, r) = refresh(&r1);
+        assert_eq!(status, "reuse_detected");
+        assert!(a.is_none() && r.is_none());
+        assert_eq!(validate_status(&a3.unwrap()), "revoked");
+        assert_eq!(refresh(&r3.unwrap()).0, "revoked");
+        assert_eq!(
+            refresh(&r1).0,
+            "revoked",
+            "a revoked family never reports reuse again"
+        );
+        assert_eq!(events("reuse_detected", &id), 1);
+        let details: String = one(&format!(
+            "SELECT details::text FROM session_auth.events \
+             WHERE event = 'reuse_detected' AND session_id = '{id}'"
+        ));
+        assert_eq!(
+            details,
+            r#"{"current_generation": 3, "presented_generation": 1}"#
+        );
+    }
+
+    #[pg_test]
+    fn parent_without_grace_is_reuse() {
+        let (id, _, r1) = issue("frank");
+        let (_, _, _r2) = refresh(&r1);
+        Spi::run("SET LOCAL session_auth.refresh_grace = 0").unwrap();
+        assert_eq!(refresh(&r1).0, "reuse_detected");
+        assert_eq!(events("reuse_detected", &id), 1);
+    }
+
+    #[pg_test]
+    fn revoke_takes_any_token_and_is_idempotent() {
+        let (id, access, refresh_token) = issue("gina");
+        let revoked: bool = one(&format!("SELECT session_revoke('{refresh_token}')"));
+        assert!(revoked);
+        let again: bool = one(&format!("SELECT session_revoke('{access}')"));
+        assert!(!again);
+        assert_eq!(validate_status(&access), "revoked");
+        assert_eq!(refresh(&refresh_token).0, "revoked");
+        assert_eq!(events("revoked", &id), 1);
+        let nothing: bool = one("SELECT session_revoke(NULL) OR session_revoke('x')");
+        assert!(!nothing);
+    }
+
+    #[pg_test]
+    fn revoke_user_keeps_one_and_list_shows_live_sessions_newest_first() {
+        let (first, _, _) = issue("henry");
+        let (second, access, _) = issue("henry");
+        let listed: i64 = one("SELECT count(*) FROM session_list('henry')");
+        assert_eq!(listed, 2);
+        let revoked: i32 = one(&format!("SELECT session_revoke_user('henry', '{second}')"));
+        assert_eq!(revoked, 1);
+        assert_eq!(validate_status(&access), "ok");
+        let remaining: String =
+            one("SELECT string_agg(session_id::text, ',') FROM session_list('henry')");
+        assert_eq!(remaining, second);
+        assert_eq!(events("revoked_user", &first), 1);
+        let none_left: i32 = one("SELECT session_revoke_user('henry')");
+        assert_eq!(none_left, 1);
+        let empty: i64 = one("SELECT count(*) FROM session_list('henry')");
+        assert_eq!(empty, 0);
+    }
+
+    #[pg_test]
+    fn revoke_id_signs_out_one_device() {
+        let (id, access, _) = issue("ivy");
+        let revoked: bool = one(&format!("SELECT session_revoke_id('{id}')"));
+        assert!(revoked);
+        assert_eq!(validate_status(&access), "revoked");
+        let again: bool = one(&format!("SELECT session_revoke_id('{id}')"));
+        assert!(!again);
+        let null: bool = one("SELECT session_revoke_id(NULL)");
+        assert!(!null);
+    }
+
+    #[pg_test]
+    fn set_data_replaces_the_data_of_live_sessions_only() {
+        let (id, access, _) = issue("jack");
+        let set: bool = one(&format!(
+            "SELECT session_set_data('{id}', '{{\"csrf\": \"abc\"}}')"
+        ));
+        assert!(set);
+        let data: String = one(&format!(
+            "SELECT data->>'csrf' FROM session_validate('{access}')"
+        ));
+        assert_eq!(data, "abc");
+        Spi::run(&format!("SELECT session_revoke_id('{id}')")).unwrap();
+        let after: bool = one(&format!("SELECT session_set_data('{id}', '{{}}')"));
+        assert!(!after);
+    }
+
+    #[pg_test]
+    fn require_returns_the_row() {
+        let (_, access, _) = issue("kate");
+        let user: String = one(&format!(
+            "SELECT user_id FROM session_require('{access}', '1 hour', 1)"
+        ));
+        assert_eq!(user, "kate");
+    }
+
+    #[pg_test(error = "invalid session token")]
+    fn require_raises_for_an_unknown_token() {
+        Spi::run("SELECT session_require('nope')").unwrap();
+    }
+
+    #[pg_test(error = "reauthentication required")]
+    fn require_raises_for_a_low_auth_level() {
+        let (_, access, _) = issue("leo");
+        Spi::run(&format!("SELECT session_require('{access}', NULL, 2)")).unwrap();
+    }
+
+    #[pg_test]
+    fn reauthenticate_rotates_raises_the_level_and_kills_the_old_pair() {
+        let (id, access, refresh_token) = issue("mia");
+        let (new_access, new_refresh) = Spi::get_two::<String, String>(&format!(
+            "SELECT access_token, refresh_token FROM session_reauthenticate('{access}', 3)"
+        ))
+        .unwrap();
+        let (new_access, new_refresh) = (new_access.unwrap(), new_refresh.unwrap());
+        assert_eq!(validate_status(&access), "revoked", "no grace for reauth");
+        let level: i32 = one(&format!(
+            "SELECT auth_level FROM session_validate('{new_access}')"
+        ));
+        assert_eq!(level, 3);
+        // Never lowers the level.
+        let lowered: String = one(&format!(
+            "SELECT access_token FROM session_reauthenticate('{new_access}', 1)"
+        ));
+        let level: i32 = one(&format!(
+            "SELECT auth_level FROM session_validate('{lowered}')"
+        ));
+        assert_eq!(level, 3);
+        assert_eq!(events("reauthenticated", &id), 2);
+        // The refresh token superseded by a reauthentication is reuse.
+        assert_eq!(refresh(&refresh_token).0, "reuse_detected");
+        assert_eq!(refresh(&new_refresh).0, "revoked");
+    }
+
+    #[pg_test(error = "user_id must not be NULL")]
+    fn issue_rejects_a_null_user() {
+        Spi::run("SELECT session_issue(NULL)").unwrap();
+    }
+
+    #[pg_test(error = "user_id must be at most 256 bytes")]
+    fn issue_rejects_a_long_user() {
+        Spi::run("SELECT session_issue(repeat('u', 257))").unwrap();
+    }
+
+    #[pg_test(error = "data must be a JSON object")]
+    fn issue_rejects_non_object_data() {
+        Spi::run("SELECT session_issue('u', '[1]')").unwrap();
+    }
+
+    #[pg_test(error = "auth_level must be between 1 and 3")]
+    fn issue_rejects_an_out_of_range_level() {
+        Spi::run("SELECT session_issue('u', '{}', 4)").unwrap();
+    }
+
+    #[pg_test]
+    fn gucs_have_the_contract_defaults() {
+        for (name, value) in [
+            ("session_auth.access_ttl", "15min"),
+            ("session_auth.idle_timeout", "30min"),
+            ("session_auth.absolute_timeout", "12h"),
+            ("session_auth.refresh_grace", "10s"),
+            ("session_auth.max_sessions_per_user", "0"),
+            ("session_auth.event_retention", "30d"),
+            ("session_auth.purge_interval", "1min"),
+            ("session_auth.purge_batch_size", "10000"),
+        ] {
+            let shown: String = one(&format!("SELECT current_setting('{name}')"));
+            assert_eq!(shown, value, "{name}");
+        }
+    }
+
+    #[pg_test]
+    fn nothing_is_executable_by_public() {
+        let public_exec: i64 = one(
+            "SELECT count(*) FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid \
+             AND d.deptype = 'e' JOIN pg_extension e ON e.oid = d.refobjid \
+             AND e.extname = 'pg_session_auth' \
+             WHERE has_function_privilege('public', p.oid, 'EXECUTE')",
+        );
+        assert_eq!(public_exec, 0);
+        let client_exec: i64 = one(
+            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'session\\_%' \
+             AND has_function_privilege('session_auth_client', oid, 'EXECUTE')",
+        );
+        assert!(
+            client_exec >= 10,
+            "client role can call the API ({client_exec})"
+        );
+        let client_tables: i64 = one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'session_auth' \
+             AND has_table_privilege('session_auth_client', \
+                 format('%I.%I', schemaname, tablename), 'SELECT')",
+        );
+        assert_eq!(client_tables, 0);
+    }
+}
