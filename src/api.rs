@@ -6,6 +6,9 @@
 //! `22004`, where a STRICT function would silently return no row.
 //! `session_require` and `session_reauthenticate` are PL/pgSQL wrappers in
 //! `sql/raising.sql`, because custom SQLSTATEs cannot cross pgrx's FFI.
+//!
+//! pgrx needs the `name!` result tuples spelled out in each signature.
+#![allow(clippy::type_complexity)]
 
 use pgrx::datum::TimestampWithTimeZone as Tstz;
 use pgrx::prelude::*;

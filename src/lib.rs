@@ -2,11 +2,13 @@
 //!
 //! Module map: `api` (the SQL functions), `session` (the lifecycle),
 //! `token` (generation, digests, parsing), `clock` (deadlines), `store`
-//! (prepared statements), `gucs` (settings), `error` (SQLSTATEs).
+//! (prepared statements), `gucs` (settings), `error` (SQLSTATEs),
+//! `backstop` (the worker that keeps a reuse revocation across a rollback).
 
 use pgrx::prelude::*;
 
 mod api;
+mod backstop;
 mod clock;
 mod error;
 mod gucs;

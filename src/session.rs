@@ -13,10 +13,12 @@
 //! session id it claims. Writers lock the session row first (`FOR UPDATE`),
 //! which serialises concurrent refreshes of one family (rule 7).
 
+use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, Spi};
+use pgrx::JsonB;
 use serde_json::{json, Value};
 
+use crate::backstop;
 use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
 use crate::error;
 use crate::store::{self, SessionRow};
@@ -378,18 +380,44 @@ fn retry_pair(row: &SessionRow, parent: &str) -> Option<Pair> {
     })
 }
 
-/// Rule 3: a superseded refresh token came back. The whole family dies.
+/// Rule 3: a superseded refresh token came back. The whole family dies, in
+/// this transaction and, should it roll back, in the backstop worker's
+/// (rule 4).
 fn reuse_detected(client: &mut SpiClient<'_>, row: &SessionRow, replayed: i32, now: Micros) {
+    let job = backstop::Job {
+        session_id: row.session_id,
+        detected_at: now,
+        presented_generation: replayed,
+        current_generation: row.generation,
+    };
+    revoke_for_reuse(client, &job);
+    if !backstop::launch(&job) {
+        ereport!(
+            WARNING,
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "pg_session_auth: no background worker slot free for the revocation backstop",
+            format!(
+                "The revocation of session {} for refresh-token reuse is part of this \
+                 transaction only. Raise max_worker_processes.",
+                format_uuid(&row.session_id)
+            )
+        );
+    }
+}
+
+/// Revokes a session for reuse with its event and NOTIFY, if it is still
+/// live. Shared by the detecting call and the backstop worker.
+pub fn revoke_for_reuse(client: &mut SpiClient<'_>, job: &backstop::Job) -> bool {
     revoke_ids(
         client,
-        &[row.session_id],
-        now,
+        &[job.session_id],
+        job.detected_at,
         "reuse_detected",
         json!({
-            "presented_generation": replayed,
-            "current_generation": row.generation,
+            "presented_generation": job.presented_generation,
+            "current_generation": job.current_generation,
         }),
-    );
+    ) == 1
 }
 
 /// Revokes the given live sessions, records one event each and announces
@@ -462,7 +490,7 @@ pub fn revoke_user(user_id: &str, keep: Option<&[u8; 16]>) -> usize {
             .filter(|r| now < Effective::of(&r.stored(), &policy).session)
             .map(|r| r.session_id)
             .collect();
-        let kept = keep.map(|k| format_uuid(k));
+        let kept = keep.map(format_uuid);
         revoke_ids(
             client,
             &ids,
@@ -497,7 +525,7 @@ pub fn list(user_id: &str) -> Vec<Listed> {
             .collect()
         })
     });
-    live.sort_by(|a, b| (b.created_at, b.session_id).cmp(&(a.created_at, a.session_id)));
+    live.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.session_id)));
     live
 }
 
