@@ -94,3 +94,49 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The last purge pass, for session_auth.stats: one row, updated by the
+-- worker or session_purge() (whoever gets the row lock; nobody waits).
+-- Not dumped: it describes this server's work, and CREATE EXTENSION makes it.
+CREATE TABLE session_auth.purge_status (
+    singleton          boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    last_run_at        timestamptz,
+    source             text,
+    blacklist_removed  bigint      NOT NULL DEFAULT 0,
+    sessions_removed   bigint      NOT NULL DEFAULT 0,
+    events_removed     bigint      NOT NULL DEFAULT 0,
+    batches            int         NOT NULL DEFAULT 0,
+    duration           interval
+);
+INSERT INTO session_auth.purge_status DEFAULT VALUES;
+
+-- What a DBA watches. Counting live sessions scans the table: it is a view
+-- for people, not for a hot path.
+CREATE VIEW session_auth.stats AS
+SELECT
+    (SELECT count(*) FROM session_auth.sessions
+      WHERE revoked_at IS NULL
+        AND least(refresh_expires_at, absolute_expires_at) > pg_catalog.statement_timestamp())
+        AS live_sessions,
+    (SELECT count(*) FROM session_auth.sessions WHERE revoked_at IS NOT NULL)
+        AS revoked_sessions,
+    (SELECT count(*) FROM session_auth.sessions
+      WHERE revoked_at IS NULL
+        AND least(refresh_expires_at, absolute_expires_at) <= pg_catalog.statement_timestamp())
+        AS expired_sessions,
+    (SELECT count(*) FROM session_auth.blacklist) AS blacklist_entries,
+    (SELECT coalesce(pg_catalog.jsonb_object_agg(event, n), '{}'::jsonb)
+       FROM (SELECT event, count(*) AS n FROM session_auth.events
+              WHERE at > pg_catalog.statement_timestamp() - interval '1 hour'
+              GROUP BY event) AS e)
+        AS events_last_hour,
+    p.last_run_at AS last_purge_at,
+    p.source AS last_purge_by,
+    p.blacklist_removed AS last_purge_blacklist_removed,
+    p.sessions_removed AS last_purge_sessions_removed,
+    p.events_removed AS last_purge_events_removed,
+    p.batches AS last_purge_batches,
+    p.duration AS last_purge_duration
+FROM session_auth.purge_status AS p;
+COMMENT ON VIEW session_auth.stats IS
+    'Live and revoked sessions, blacklist size, events in the last hour, the last purge pass';

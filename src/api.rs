@@ -245,3 +245,23 @@ pub mod session_auth {
         TableIterator::once(status_pair_row(session::reauthenticate(token, auth_level)))
     }
 }
+
+/// One cleanup batch in the caller's transaction: at most
+/// `session_auth.purge_batch_size` rows of each kind. Returns rows removed,
+/// so a scheduler calls it until it returns 0.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(session_auth, pg_temp)]
+fn session_purge() -> i64 {
+    let started = std::time::Instant::now();
+    Spi::connect_mut(|client| {
+        let removed = crate::purge::batch(
+            client,
+            crate::clock::statement_now(),
+            crate::purge::batch_size(),
+        );
+        if removed.total() > 0 {
+            crate::purge::record(client, "session_purge", removed, 1, started);
+        }
+        i64::try_from(removed.total()).unwrap_or(i64::MAX)
+    })
+}

@@ -3,7 +3,8 @@
 //! Module map: `api` (the SQL functions), `session` (the lifecycle),
 //! `token` (generation, digests, parsing), `clock` (deadlines), `store`
 //! (prepared statements), `gucs` (settings), `error` (SQLSTATEs),
-//! `backstop` (the worker that keeps a reuse revocation across a rollback).
+//! `backstop` (the worker that keeps a reuse revocation across a rollback),
+//! `purge` and `worker` (removing what has expired).
 
 use pgrx::prelude::*;
 
@@ -12,9 +13,11 @@ mod backstop;
 mod clock;
 mod error;
 mod gucs;
+mod purge;
 mod session;
 mod store;
 mod token;
+mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
@@ -37,6 +40,9 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     gucs::register(preloading);
+    if preloading {
+        worker::register();
+    }
 }
 
 /// Required by `cargo pgrx test`.
@@ -46,6 +52,9 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec![
+            "shared_preload_libraries = 'pg_session_auth'",
+            "session_auth.database = 'pgrx_tests'",
+        ]
     }
 }

@@ -114,6 +114,11 @@ pub fn to_timestamptz(us: i64) -> pgrx::datum::TimestampWithTimeZone {
         .unwrap_or_else(|e| error::internal("timestamp out of range", e))
 }
 
+/// Rows a data-modifying statement touched.
+pub fn affected(client: &mut SpiClient<'_>, stmt: &Stmt, args: &[DatumWithOid<'_>]) -> u64 {
+    run(client, stmt, args, |t| t.len() as u64)
+}
+
 /// Sends `NOTIFY channel, payload`, delivered when the transaction commits.
 pub fn notify(client: &mut SpiClient<'_>, payload: &str) {
     run(client, &NOTIFY, &[payload.into()], |_| ());
@@ -308,6 +313,56 @@ pub static NOTIFY: Stmt = Stmt {
     name: "notify",
     sql: "SELECT pg_catalog.pg_notify('session_auth', $1)",
     args: &[T::TEXTOID],
+    writes: true,
+};
+
+/// Purge batches: rows chosen in index order with `SKIP LOCKED`, so a batch
+/// never waits for a row that validate or refresh holds.
+pub static PURGE_BLACKLIST: Stmt = Stmt {
+    name: "purge_blacklist",
+    sql: "DELETE FROM session_auth.blacklist WHERE digest IN ( \
+            SELECT digest FROM session_auth.blacklist WHERE expires_at < $1 \
+            ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    args: &[T::TIMESTAMPTZOID, T::INT4OID],
+    writes: true,
+};
+
+pub static PURGE_SESSIONS: Stmt = Stmt {
+    name: "purge_sessions",
+    sql: "DELETE FROM session_auth.sessions WHERE session_id IN ( \
+            SELECT session_id FROM session_auth.sessions WHERE purge_after < $1 \
+            ORDER BY purge_after LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    args: &[T::TIMESTAMPTZOID, T::INT4OID],
+    writes: true,
+};
+
+pub static PURGE_EVENTS: Stmt = Stmt {
+    name: "purge_events",
+    sql: "DELETE FROM session_auth.events WHERE event_id IN ( \
+            SELECT event_id FROM session_auth.events WHERE at < $1 \
+            ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    args: &[T::TIMESTAMPTZOID, T::INT4OID],
+    writes: true,
+};
+
+/// Records a purge pass unless another one is recording right now.
+pub static RECORD_PURGE: Stmt = Stmt {
+    name: "record_purge",
+    sql: "UPDATE session_auth.purge_status p SET last_run_at = $1, source = $2, \
+            blacklist_removed = $3, sessions_removed = $4, events_removed = $5, \
+            batches = $6, duration = make_interval(secs => $7) \
+          FROM (SELECT singleton FROM session_auth.purge_status \
+                FOR UPDATE SKIP LOCKED) AS free \
+          WHERE p.singleton = free.singleton",
+    args: &[
+        T::TIMESTAMPTZOID,
+        T::TEXTOID,
+        T::INT8OID,
+        T::INT8OID,
+        T::INT8OID,
+        T::INT4OID,
+        T::FLOAT8OID,
+    ],
     writes: true,
 };
 

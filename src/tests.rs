@@ -332,4 +332,51 @@ mod tests {
         );
         assert_eq!(client_tables, 0);
     }
+
+    #[pg_test]
+    fn purge_worker_runs_in_the_test_database_and_stats_are_readable() {
+        // The test database is created after the server starts, so the
+        // worker's first connection may fail; it comes back within its
+        // restart time (5 s).
+        let running = (0..40).any(|_| {
+            Spi::run("SELECT pg_stat_clear_snapshot(), pg_sleep(0.5)").unwrap();
+            one::<bool>(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity \
+                 WHERE backend_type = 'pg_session_auth purge' \
+                   AND datname = current_database())",
+            )
+        });
+        assert!(
+            running,
+            "the purge worker is connected to the test database"
+        );
+        let readable: bool =
+            one("SELECT live_sessions >= 0 AND blacklist_entries >= 0 FROM session_auth.stats");
+        assert!(readable);
+    }
+
+    #[pg_test]
+    fn session_purge_removes_expired_rows_and_keeps_live_ones() {
+        let (id, _, r1) = issue("purgeme");
+        refresh(&r1);
+        // Age everything of this session, as if its deadlines had passed.
+        Spi::run(&format!(
+            "UPDATE session_auth.sessions SET purge_after = now() - interval '1 s' \
+             WHERE session_id = '{id}'; \
+             UPDATE session_auth.blacklist SET expires_at = now() - interval '1 s' \
+             WHERE session_id = '{id}'"
+        ))
+        .unwrap();
+        let (live, _, _) = issue("stays");
+        let removed: i64 = one("SELECT session_purge()");
+        assert_eq!(removed, 3, "one session and its two superseded digests");
+        let again: i64 = one("SELECT session_purge()");
+        assert_eq!(again, 0);
+        let left: i64 = one(&format!(
+            "SELECT count(*) FROM session_auth.sessions WHERE session_id IN ('{id}', '{live}')"
+        ));
+        assert_eq!(left, 1);
+        let by: String = one("SELECT last_purge_by FROM session_auth.stats");
+        assert_eq!(by, "session_purge");
+    }
 }

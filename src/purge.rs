@@ -1,0 +1,85 @@
+//! Removing what has expired: blacklist entries past `expires_at`, sessions
+//! past `purge_after` (every token of theirs has expired by its stored
+//! deadline, revoked or not), events past `session_auth.event_retention`.
+//!
+//! One batch removes at most `purge_batch_size` rows of each kind, with
+//! `SKIP LOCKED` so it never waits for a row a refresh holds. The worker runs
+//! batches in transactions of their own until one removes nothing;
+//! `session_purge()` runs one batch in the caller's transaction.
+
+use std::time::Instant;
+
+use pgrx::spi::SpiClient;
+
+use crate::clock::{statement_now, Micros};
+use crate::gucs;
+use crate::store;
+
+/// Rows removed, per kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub blacklist: u64,
+    pub sessions: u64,
+    pub events: u64,
+}
+
+impl Removed {
+    pub fn total(&self) -> u64 {
+        self.blacklist + self.sessions + self.events
+    }
+
+    pub fn add(&mut self, other: Removed) {
+        self.blacklist += other.blacklist;
+        self.sessions += other.sessions;
+        self.events += other.events;
+    }
+
+    /// Whether a batch of `batch_size` came back short on every kind, so
+    /// another batch would find nothing more to do.
+    pub fn drained(&self, batch_size: u64) -> bool {
+        self.blacklist < batch_size && self.sessions < batch_size && self.events < batch_size
+    }
+}
+
+pub fn batch_size() -> i32 {
+    gucs::PURGE_BATCH_SIZE.get()
+}
+
+/// One batch of each kind, at `now`.
+pub fn batch(client: &mut SpiClient<'_>, now: Micros, batch_size: i32) -> Removed {
+    let retention = i64::from(gucs::EVENT_RETENTION.get()) * 1_000_000;
+    let expired = |client: &mut SpiClient<'_>, stmt, cutoff| {
+        store::affected(client, stmt, &[store::ts(cutoff), batch_size.into()])
+    };
+    Removed {
+        blacklist: expired(client, &store::PURGE_BLACKLIST, now),
+        sessions: expired(client, &store::PURGE_SESSIONS, now),
+        events: expired(client, &store::PURGE_EVENTS, now.saturating_sub(retention)),
+    }
+}
+
+/// Records a pass for `session_auth.stats`; skipped if another pass is
+/// recording at this moment (nobody waits for the status row).
+pub fn record(
+    client: &mut SpiClient<'_>,
+    source: &str,
+    removed: Removed,
+    batches: i32,
+    started: Instant,
+) {
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    store::run(
+        client,
+        &store::RECORD_PURGE,
+        &[
+            store::ts(statement_now()),
+            source.into(),
+            clamp(removed.blacklist).into(),
+            clamp(removed.sessions).into(),
+            clamp(removed.events).into(),
+            batches.into(),
+            started.elapsed().as_secs_f64().into(),
+        ],
+        |_| (),
+    );
+}

@@ -1,0 +1,165 @@
+//! The purge worker: started by the postmaster when the library is
+//! preloaded, it serves `session_auth.database`. Every
+//! `session_auth.purge_interval` it runs purge batches, each in its own
+//! transaction with a short `lock_timeout`, until a batch comes back short.
+//!
+//! It reloads its settings on SIGHUP, stops promptly on SIGTERM (checked
+//! between batches; batches are small and never wait long), logs an error in
+//! a pass and tries again next period, and waits quietly while the extension
+//! is not created in its database.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+
+use crate::clock::statement_now;
+use crate::gucs;
+use crate::purge::{self, Removed};
+
+pub const NAME: &str = "pg_session_auth purge";
+
+/// Registers the worker; only possible while preloading.
+pub fn register() {
+    BackgroundWorkerBuilder::new(NAME)
+        .set_type(NAME)
+        .set_library("pg_session_auth")
+        .set_function("pg_session_auth_purge_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::DATABASE
+        .get()
+        .and_then(|d| d.into_string().ok())
+        .unwrap_or_else(|| "postgres".to_string());
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!("{NAME}: serving database \"{database}\"");
+
+    let mut waiting_for_extension_logged = false;
+    while BackgroundWorker::wait_latch(Some(interval())) {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: the documented way for a worker to reload its settings.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        match in_transaction(extension_installed) {
+            Ok(true) => waiting_for_extension_logged = false,
+            Ok(false) => {
+                if !waiting_for_extension_logged {
+                    log!("{NAME}: waiting for CREATE EXTENSION pg_session_auth in \"{database}\"");
+                    waiting_for_extension_logged = true;
+                }
+                continue;
+            }
+            Err(e) => {
+                log!("{NAME}: {e}");
+                continue;
+            }
+        }
+        run_pass();
+    }
+    log!("{NAME}: stopping");
+}
+
+fn interval() -> Duration {
+    Duration::from_millis(u64::try_from(gucs::PURGE_INTERVAL.get()).unwrap_or(60_000))
+}
+
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_session_auth')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// One pass: batches until one comes back short, SIGTERM, or an error.
+fn run_pass() {
+    let started = Instant::now();
+    let batch_size = purge::batch_size();
+    let mut removed = Removed::default();
+    let mut batches = 0;
+    loop {
+        let result = in_transaction(|| {
+            Spi::run("SET LOCAL lock_timeout = '1s'").ok();
+            Spi::connect_mut(|client| purge::batch(client, statement_now(), batch_size))
+        });
+        match result {
+            Ok(batch) => {
+                batches += 1;
+                removed.add(batch);
+                if batch.drained(u64::try_from(batch_size).unwrap_or(0)) {
+                    break;
+                }
+            }
+            Err(e) => {
+                log!("{NAME}: pass failed after {batches} batches, retrying next period: {e}");
+                break;
+            }
+        }
+        if BackgroundWorker::sigterm_received() {
+            break;
+        }
+    }
+    let _ = in_transaction(|| {
+        Spi::connect_mut(|client| purge::record(client, "worker", removed, batches, started))
+    });
+    if removed.total() > 0 {
+        log!(
+            "{NAME}: removed {} blacklist entries, {} sessions, {} events in {} batches, {:.3} s",
+            removed.blacklist,
+            removed.sessions,
+            removed.events,
+            batches,
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Runs `body` in a transaction of its own. An ERROR aborts the transaction
+/// and comes back as `Err` with its message, so the worker carries on.
+fn in_transaction<R>(body: impl FnOnce() -> R) -> Result<R, String> {
+    let body = AssertUnwindSafe(body);
+    // SAFETY: the standard transaction bracket of a background worker.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    PgTryBuilder::new(move || {
+        // Take `body` whole: a closure capturing only `body.0` would not be
+        // UnwindSafe.
+        let body = body;
+        let result = (body.0)();
+        // SAFETY: pairs with the bracket above.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Ok(result)
+    })
+    .catch_others(|error| {
+        // SAFETY: ends the failed transaction; the next one starts clean.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        Err(describe(&error))
+    })
+    .execute()
+}
+
+fn describe(error: &CaughtError) -> String {
+    match error {
+        CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e.message().to_string(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
