@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use crate::backstop;
 use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
 use crate::error;
+use crate::gucs;
 use crate::store::{self, SessionRow};
 use crate::token::{self, Kind, Parsed};
 
@@ -176,6 +177,10 @@ pub fn issue(user_id: &str, data: &Value, auth_level: i32) -> Pair {
     let absolute = now.saturating_add(policy.absolute_timeout);
     let deadlines = NewPair::at(now, absolute, &policy);
     Spi::connect_mut(|client| {
+        let cap = gucs::MAX_SESSIONS_PER_USER.get();
+        if cap > 0 {
+            evict_beyond_cap(client, user_id, cap, now, &policy);
+        }
         store::run(
             client,
             &store::INSERT_SESSION,
@@ -210,6 +215,41 @@ pub fn issue(user_id: &str, data: &Value, auth_level: i32) -> Pair {
         refresh_token,
         refresh_expires_at: deadlines.refresh_expires_at,
     }
+}
+
+/// Makes room for one more session under `max_sessions_per_user` by
+/// revoking the user's oldest live sessions (by creation), event `evicted`.
+fn evict_beyond_cap(
+    client: &mut SpiClient<'_>,
+    user_id: &str,
+    cap: i32,
+    now: Micros,
+    policy: &Policy,
+) {
+    store::run(client, &store::LOCK_USER_LOGINS, &[user_id.into()], |_| ());
+    let mut live: Vec<SessionRow> = store::run(
+        client,
+        &store::LOAD_USER_FOR_UPDATE,
+        &[user_id.into()],
+        |t| t.map(|r| SessionRow::read(&r)).collect(),
+    );
+    live.retain(|r| now < Effective::of(&r.stored(), policy).session);
+    let keep = usize::try_from(cap).unwrap_or(usize::MAX).saturating_sub(1);
+    if live.len() <= keep {
+        return;
+    }
+    live.sort_by_key(|r| (r.created_at, r.session_id));
+    let oldest: Vec<[u8; 16]> = live[..live.len() - keep]
+        .iter()
+        .map(|r| r.session_id)
+        .collect();
+    revoke_ids(
+        client,
+        &oldest,
+        now,
+        "evicted",
+        json!({ "max_sessions_per_user": cap }),
+    );
 }
 
 pub fn validate(token: Option<&str>) -> Result<Validated, Status> {

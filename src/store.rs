@@ -288,6 +288,17 @@ pub static REVOKE: Stmt = Stmt {
     writes: true,
 };
 
+/// Serialises logins of one user while a session cap applies, so two racing
+/// logins cannot both see room under the cap. Held until the transaction
+/// ends; hash collisions only serialise a little more.
+pub static LOCK_USER_LOGINS: Stmt = Stmt {
+    name: "lock_user_logins",
+    sql: "SELECT pg_catalog.pg_advisory_xact_lock( \
+            pg_catalog.hashtext('pg_session_auth logins'), pg_catalog.hashtext($1))",
+    args: &[T::TEXTOID],
+    writes: true,
+};
+
 pub static INSERT_EVENT: Stmt = Stmt {
     name: "insert_event",
     sql: "INSERT INTO session_auth.events (event, at, session_id, user_id, details) \

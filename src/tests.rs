@@ -379,4 +379,24 @@ mod tests {
         let by: String = one("SELECT last_purge_by FROM session_auth.stats");
         assert_eq!(by, "session_purge");
     }
+
+    #[pg_test]
+    fn issuing_beyond_the_cap_evicts_the_oldest() {
+        Spi::run("SET LOCAL session_auth.max_sessions_per_user = 2").unwrap();
+        for _ in 0..3 {
+            issue("capped");
+        }
+        let live: i64 = one("SELECT count(*) FROM session_list('capped')");
+        assert_eq!(live, 2);
+        let evicted: i64 = one(
+            "SELECT count(*) FROM session_auth.events e JOIN session_auth.sessions s \
+             USING (session_id) WHERE e.event = 'evicted' AND s.user_id = 'capped' \
+             AND s.revoked_reason = 'evicted'",
+        );
+        assert_eq!(evicted, 1);
+        Spi::run("SET LOCAL session_auth.max_sessions_per_user = 0").unwrap();
+        issue("capped");
+        let uncapped: i64 = one("SELECT count(*) FROM session_list('capped')");
+        assert_eq!(uncapped, 3);
+    }
 }
