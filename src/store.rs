@@ -328,30 +328,32 @@ pub static NOTIFY: Stmt = Stmt {
 };
 
 /// Purge batches: rows chosen in index order with `SKIP LOCKED`, so a batch
-/// never waits for a row that validate or refresh holds.
+/// never waits for a row that validate or refresh holds, then deleted by
+/// their (locked, so stable) ctids: a TID scan, where `key IN (subquery)`
+/// would hash-join against a scan of the whole table.
 pub static PURGE_BLACKLIST: Stmt = Stmt {
     name: "purge_blacklist",
-    sql: "DELETE FROM session_auth.blacklist WHERE digest IN ( \
-            SELECT digest FROM session_auth.blacklist WHERE expires_at < $1 \
-            ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    sql: "DELETE FROM session_auth.blacklist WHERE ctid = ANY (ARRAY( \
+            SELECT ctid FROM session_auth.blacklist WHERE expires_at < $1 \
+            ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
     args: &[T::TIMESTAMPTZOID, T::INT4OID],
     writes: true,
 };
 
 pub static PURGE_SESSIONS: Stmt = Stmt {
     name: "purge_sessions",
-    sql: "DELETE FROM session_auth.sessions WHERE session_id IN ( \
-            SELECT session_id FROM session_auth.sessions WHERE purge_after < $1 \
-            ORDER BY purge_after LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    sql: "DELETE FROM session_auth.sessions WHERE ctid = ANY (ARRAY( \
+            SELECT ctid FROM session_auth.sessions WHERE purge_after < $1 \
+            ORDER BY purge_after LIMIT $2 FOR UPDATE SKIP LOCKED))",
     args: &[T::TIMESTAMPTZOID, T::INT4OID],
     writes: true,
 };
 
 pub static PURGE_EVENTS: Stmt = Stmt {
     name: "purge_events",
-    sql: "DELETE FROM session_auth.events WHERE event_id IN ( \
-            SELECT event_id FROM session_auth.events WHERE at < $1 \
-            ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    sql: "DELETE FROM session_auth.events WHERE ctid = ANY (ARRAY( \
+            SELECT ctid FROM session_auth.events WHERE at < $1 \
+            ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED))",
     args: &[T::TIMESTAMPTZOID, T::INT4OID],
     writes: true,
 };

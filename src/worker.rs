@@ -69,6 +69,11 @@ pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
         run_pass();
     }
     log!("{NAME}: stopping");
+    // Exit code 0 would tell the postmaster never to start the worker again;
+    // after pg_terminate_backend it must come back (at shutdown, nothing is
+    // restarted anyway).
+    // SAFETY: the normal way for a backend to exit.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 fn interval() -> Duration {
