@@ -32,6 +32,7 @@ CREATE TABLE session_auth.sessions (
     parent_access_digest  bytea,
     parent_access_expires_at timestamptz,
     parent_refresh_digest bytea,
+    parent_refresh_expires_at timestamptz,
     rotated_at            timestamptz,
     -- False when the last rotation was a reauthentication: no grace then.
     parent_grace          boolean     NOT NULL DEFAULT false,

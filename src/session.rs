@@ -306,6 +306,11 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
                 retry_pair(&row, token).ok_or(Status::Invalid)
             }
             Presented::Parent => {
+                // Outside the grace a parent past its own deadline is
+                // expired, not reuse (precedence: expired first).
+                if row.parent_refresh_expires_at.is_some_and(|at| now >= at) {
+                    return Err(Status::Expired);
+                }
                 reuse_detected(client, &row, row.generation - 1, now);
                 Err(Status::ReuseDetected)
             }

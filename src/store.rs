@@ -134,7 +134,7 @@ macro_rules! session_columns {
          generation, access_digest, access_issued_at, access_expires_at, refresh_digest, \
          refresh_expires_at, absolute_expires_at, parent_access_digest, \
          parent_access_expires_at, parent_refresh_digest, rotated_at, parent_grace, \
-         retry_pair, revoked_at"
+         retry_pair, revoked_at, parent_refresh_expires_at"
     };
 }
 
@@ -224,6 +224,7 @@ pub static ROTATE: Stmt = Stmt {
               parent_access_digest = access_digest, \
               parent_access_expires_at = access_expires_at, \
               parent_refresh_digest = refresh_digest, \
+              parent_refresh_expires_at = refresh_expires_at, \
               rotated_at = $2, parent_grace = $3, retry_pair = $4, \
               access_digest = $5, access_issued_at = $2, access_expires_at = $6, \
               refresh_digest = $7, refresh_expires_at = $8, last_refreshed_at = $2, \
@@ -405,10 +406,11 @@ pub struct SessionRow {
     pub parent_grace: bool,
     pub retry_pair: Option<Vec<u8>>,
     pub revoked_at: Option<i64>,
+    pub parent_refresh_expires_at: Option<i64>,
 }
 
 /// Number of columns `session_columns!` selects.
-pub const SESSION_COLUMNS: usize = 20;
+pub const SESSION_COLUMNS: usize = 21;
 
 impl SessionRow {
     pub fn read(row: &SpiHeapTupleData<'_>) -> Self {
@@ -436,6 +438,7 @@ impl SessionRow {
             parent_grace: req(row, 18),
             retry_pair: col(row, 19),
             revoked_at: ts_col(row, 20),
+            parent_refresh_expires_at: ts_col(row, 21),
         }
     }
 

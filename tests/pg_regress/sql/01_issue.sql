@@ -1,0 +1,78 @@
+-- session_issue: starting a session.
+--
+-- The application has verified the user's credentials and starts a session:
+-- one token family, one login on one device. It gets back the session's id,
+-- an access token (short-lived, sent with every request) and a refresh
+-- token (to get the next pair), each with its deadline.
+--
+-- Tokens are random, so this file never prints one: it prints their shape.
+\set VERBOSITY terse
+
+-- The result columns.
+SELECT * FROM session_issue('alice@issue') \gdesc
+
+-- user_id, then optional data (a JSON object, default '{}') and auth_level
+-- (1-3, the NIST assurance level, default 1).
+SELECT *, statement_timestamp() AS issued_at
+FROM session_issue('alice@issue', '{"roles": ["admin"], "device": "laptop"}', 2) \gset
+
+SELECT :'session_id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$'
+    AS session_id_is_a_v4_uuid;
+
+-- Tokens have a fixed prefix per kind (so a token pasted in the wrong
+-- place is recognisable and secret scanners can match them), a fixed
+-- length, and only cookie- and URL-safe characters.
+SELECT left(:'access_token', 8) AS access_prefix,
+       length(:'access_token') AS access_length,
+       :'access_token' ~ '^[A-Za-z0-9_-]+$' AS access_url_safe,
+       left(:'refresh_token', 8) AS refresh_prefix,
+       length(:'refresh_token') AS refresh_length,
+       :'refresh_token' ~ '^[A-Za-z0-9_-]+$' AS refresh_url_safe,
+       :'access_token' <> :'refresh_token' AS distinct_tokens;
+
+-- Deadlines come from the settings (session_auth.access_ttl, 15min by
+-- default; session_auth.idle_timeout, 30min, for the refresh token).
+SELECT :'access_expires_at'::timestamptz - :'issued_at'::timestamptz AS access_lifetime,
+       :'refresh_expires_at'::timestamptz - :'issued_at'::timestamptz AS refresh_lifetime;
+
+-- Only digests are stored: neither token, nor the random part of either,
+-- appears anywhere in the private tables.
+SELECT count(*) AS rows_holding_a_token
+FROM (SELECT s::text AS r FROM session_auth.sessions s
+      UNION ALL SELECT b::text FROM session_auth.blacklist b
+      UNION ALL SELECT e::text FROM session_auth.events e) AS everything
+WHERE r LIKE '%' || :'access_token' || '%'
+   OR r LIKE '%' || :'refresh_token' || '%'
+   OR r LIKE '%' || substr(:'access_token', 30) || '%'
+   OR r LIKE '%' || substr(:'refresh_token', 30) || '%';
+
+-- What is stored for a token is its SHA-256 digest.
+SELECT access_digest = sha256(convert_to(:'access_token', 'UTF8')) AS access_digest_is_sha256,
+       refresh_digest = sha256(convert_to(:'refresh_token', 'UTF8')) AS refresh_digest_is_sha256
+FROM session_auth.sessions WHERE session_id = :'session_id';
+
+-- The session as the application sees it.
+SELECT status, session_id = :'session_id' AS same_session, user_id, data, auth_level,
+       authenticated_at = :'issued_at' AS authenticated_at_issue
+FROM session_validate(:'access_token');
+
+-- An 'issued' event, with no token in it.
+SELECT event, user_id, details, at = :'issued_at' AS at_issue
+FROM session_auth.events WHERE session_id = :'session_id'
+ORDER BY event_id;
+
+-- Defaults: empty data, auth_level 1.
+SELECT access_token AS bob_token FROM session_issue('bob@issue') \gset
+SELECT status, data, auth_level FROM session_validate(:'bob_token');
+
+-- Every call starts a new session, even for the same user: one per device.
+SELECT count(DISTINCT session_id) AS sessions, count(DISTINCT access_token) AS access_tokens
+FROM (SELECT * FROM session_issue('carol@issue')
+      UNION ALL SELECT * FROM session_issue('carol@issue')
+      UNION ALL SELECT * FROM session_issue('carol@issue')) AS three;
+SELECT count(*) AS carol_sessions FROM session_list('carol@issue');
+SELECT event, count(*) FROM session_auth.events WHERE user_id = 'carol@issue' GROUP BY event;
+
+-- user_id is any text of at most 256 bytes: an email, a uuid, a number.
+SELECT status, length(user_id) AS characters, octet_length(user_id) AS bytes
+FROM session_validate((SELECT access_token FROM session_issue(repeat('é', 128))));
