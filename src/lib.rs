@@ -2,7 +2,7 @@
 //!
 //! Module map: `api` (the SQL functions), `session` (the lifecycle),
 //! `token` (generation, digests, parsing), `clock` (deadlines), `store`
-//! (prepared statements), `gucs` (settings), `error` (SQLSTATEs),
+//! (prepared statements), `probe` (direct index probes for validate), `gucs` (settings), `error` (SQLSTATEs),
 //! `backstop` (the worker that keeps a reuse revocation across a rollback),
 //! `purge` and `worker` (removing what has expired).
 
@@ -13,6 +13,7 @@ mod backstop;
 mod clock;
 mod error;
 mod gucs;
+mod probe;
 mod purge;
 mod session;
 mod store;

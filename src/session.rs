@@ -22,6 +22,7 @@ use crate::backstop;
 use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
 use crate::error;
 use crate::gucs;
+use crate::probe;
 use crate::store::{self, SessionRow};
 use crate::token::{self, Kind, Parsed};
 
@@ -107,8 +108,14 @@ fn load_for_update(client: &mut SpiClient<'_>, session: &[u8; 16]) -> Option<Ses
     )
 }
 
-/// Finds which token of `row` the parsed token is, if any.
-fn identify(client: &mut SpiClient<'_>, parsed: &Parsed, row: &SessionRow) -> Option<Presented> {
+/// Finds which token of `row` the parsed token is, if any. `blacklisted`
+/// looks a digest up on the blacklist (writers through SPI with a fresh
+/// snapshot, validate through a direct probe).
+fn identify(
+    parsed: &Parsed,
+    row: &SessionRow,
+    blacklisted: impl FnOnce(&[u8], &[u8; 16]) -> Option<store::Blacklisted>,
+) -> Option<Presented> {
     let (current, parent) = match parsed.kind {
         Kind::Access => (&row.access_digest, &row.parent_access_digest),
         Kind::Refresh => (&row.refresh_digest, &row.parent_refresh_digest),
@@ -119,12 +126,24 @@ fn identify(client: &mut SpiClient<'_>, parsed: &Parsed, row: &SessionRow) -> Op
     if token::same_digest(&parsed.digest, parent.as_deref()) {
         return Some(Presented::Parent);
     }
-    store::find_blacklisted(client, &parsed.digest, &row.session_id)
+    blacklisted(&parsed.digest, &row.session_id)
         .filter(|b| b.kind == parsed.kind.as_str())
         .map(|b| Presented::Older {
             generation: b.generation,
             expires_at: b.expires_at,
         })
+}
+
+/// `identify` for writers, which hold the row lock and read the blacklist
+/// with a fresh snapshot.
+fn identify_locked(
+    client: &mut SpiClient<'_>,
+    parsed: &Parsed,
+    row: &SessionRow,
+) -> Option<Presented> {
+    identify(parsed, row, |digest, session| {
+        store::find_blacklisted(client, digest, session)
+    })
 }
 
 /// Whether the parent pair is still inside its grace window.
@@ -252,35 +271,23 @@ fn evict_beyond_cap(
     );
 }
 
+/// Read-only: two direct index probes at most, no SPI (see `probe`).
 pub fn validate(token: Option<&str>) -> Result<Validated, Status> {
     let parsed = token
         .and_then(|t| token::parse(t, Some(Kind::Access)))
         .ok_or(Status::Invalid)?;
     let now = statement_now();
     let policy = Policy::current();
-    Spi::connect_mut(|client| {
-        let (row, data) = store::run(
-            client,
-            &store::LOAD_FOR_VALIDATE,
-            &[store::uuid(&parsed.session)],
-            |t| {
-                store::first_row(t, |r| {
-                    let data: JsonB = store::req(r, store::SESSION_COLUMNS + 1);
-                    (SessionRow::read(r), data.0)
-                })
-            },
-        )
-        .ok_or(Status::Invalid)?;
-        let presented = identify(client, &parsed, &row).ok_or(Status::Invalid)?;
-        let expires_at = access_status(&presented, &row, now, &policy)?;
-        Ok(Validated {
-            session_id: row.session_id,
-            user_id: row.user_id,
-            data,
-            auth_level: row.auth_level,
-            authenticated_at: row.authenticated_at,
-            expires_at,
-        })
+    let (row, data) = probe::session(&parsed.session).ok_or(Status::Invalid)?;
+    let presented = identify(&parsed, &row, probe::blacklisted).ok_or(Status::Invalid)?;
+    let expires_at = access_status(&presented, &row, now, &policy)?;
+    Ok(Validated {
+        session_id: row.session_id,
+        user_id: row.user_id,
+        data,
+        auth_level: row.auth_level,
+        authenticated_at: row.authenticated_at,
+        expires_at,
     })
 }
 
@@ -291,7 +298,7 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     let policy = Policy::current();
     Spi::connect_mut(|client| {
         let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
-        let presented = identify(client, &parsed, &row).ok_or(Status::Invalid)?;
+        let presented = identify_locked(client, &parsed, &row).ok_or(Status::Invalid)?;
         if row.revoked_at.is_some() {
             return Err(Status::Revoked);
         }
@@ -505,7 +512,7 @@ pub fn revoke_token(token: Option<&str>) -> bool {
         let Some(row) = load_for_update(client, &parsed.session) else {
             return false;
         };
-        if identify(client, &parsed, &row).is_none() || row.revoked_at.is_some() {
+        if identify_locked(client, &parsed, &row).is_none() || row.revoked_at.is_some() {
             return false;
         }
         revoke_ids(client, &[row.session_id], now, "revoked", json!({})) == 1
@@ -604,7 +611,7 @@ pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pa
     let policy = Policy::current();
     Spi::connect_mut(|client| {
         let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
-        let presented = identify(client, &parsed, &row).ok_or(Status::Invalid)?;
+        let presented = identify_locked(client, &parsed, &row).ok_or(Status::Invalid)?;
         access_status(&presented, &row, now, &policy)?;
         let (access, refresh) = new_pair_secrets();
         let absolute = Effective::of(&row.stored(), &policy).absolute;

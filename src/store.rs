@@ -138,17 +138,6 @@ macro_rules! session_columns {
     };
 }
 
-pub static LOAD_FOR_VALIDATE: Stmt = Stmt {
-    name: "load_for_validate",
-    sql: concat!(
-        "SELECT ",
-        session_columns!(),
-        ", data FROM session_auth.sessions WHERE session_id = $1"
-    ),
-    args: &[T::UUIDOID],
-    writes: false,
-};
-
 pub static LOAD_FOR_UPDATE: Stmt = Stmt {
     name: "load_for_update",
     sql: concat!(

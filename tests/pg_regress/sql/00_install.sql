@@ -38,9 +38,12 @@ WHERE p.proname LIKE 'session\_%' AND p.pronamespace = 'public'::regnamespace
 ORDER BY p.proname;
 
 -- Every function that touches state runs with the extension owner's rights
--- and a pinned search_path (the private schema, then pg_temp). None that
--- takes an argument is STRICT: a NULL must answer 'invalid' or raise, never
--- vanish silently.
+-- and a pinned search_path (the private schema, then pg_temp). The one
+-- exception is session_validate, the hot path: it runs no SQL at all (two
+-- direct index probes at most) and switches to the owner's user id inside
+-- Rust, which saves the settings push and pop of a SET clause per call.
+-- None that takes an argument is STRICT: a NULL must answer 'invalid' or
+-- raise, never vanish silently.
 -- session_validate writes nothing (STABLE), so it runs on a hot standby.
 SELECT p.proname, p.prosecdef AS security_definer, p.proconfig,
        p.provolatile AS volatility, p.proisstrict AS strict

@@ -74,5 +74,8 @@ SELECT count(*) AS carol_sessions FROM session_list('carol@issue');
 SELECT event, count(*) FROM session_auth.events WHERE user_id = 'carol@issue' GROUP BY event;
 
 -- user_id is any text of at most 256 bytes: an email, a uuid, a number.
+-- (Validate in a statement of its own: like any STABLE function it sees the
+-- snapshot its statement started with, not rows that statement inserted.)
+SELECT access_token AS multibyte_token FROM session_issue(repeat('é', 128)) \gset
 SELECT status, length(user_id) AS characters, octet_length(user_id) AS bytes
-FROM session_validate((SELECT access_token FROM session_issue(repeat('é', 128))));
+FROM session_validate(:'multibyte_token');
