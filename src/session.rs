@@ -187,6 +187,7 @@ fn access_status(
 }
 
 pub fn issue(user_id: &str, data: &Value, auth_level: i32) -> Pair {
+    backstop::retry_unlaunched();
     let now = statement_now();
     let policy = Policy::current();
     let session_id = fresh(token::new_session_key());
@@ -292,6 +293,7 @@ pub fn validate(token: Option<&str>) -> Result<Validated, Status> {
 }
 
 pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
+    backstop::retry_unlaunched();
     let token = token.ok_or(Status::Invalid)?;
     let parsed = token::parse(token, Some(Kind::Refresh)).ok_or(Status::Invalid)?;
     let now = statement_now();
@@ -433,7 +435,7 @@ fn retry_pair(row: &SessionRow, parent: &str) -> Option<Pair> {
 }
 
 /// Rule 3: a superseded refresh token came back. The whole family dies, in
-/// this transaction and, should it roll back, in the backstop worker's
+/// this transaction and, should it roll back, in a backstop worker's
 /// (rule 4).
 fn reuse_detected(client: &mut SpiClient<'_>, row: &SessionRow, replayed: i32, now: Micros) {
     let job = backstop::Job {
@@ -442,18 +444,8 @@ fn reuse_detected(client: &mut SpiClient<'_>, row: &SessionRow, replayed: i32, n
         presented_generation: replayed,
         current_generation: row.generation,
     };
-    revoke_for_reuse(client, &job);
-    if !backstop::launch(&job) {
-        ereport!(
-            WARNING,
-            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            "pg_session_auth: no background worker slot free for the revocation backstop",
-            format!(
-                "The revocation of session {} for refresh-token reuse is part of this \
-                 transaction only. Raise max_worker_processes.",
-                format_uuid(&row.session_id)
-            )
-        );
+    if revoke_for_reuse(client, &job) {
+        backstop::remember(job);
     }
 }
 

@@ -223,3 +223,31 @@ def test_racing_logins_under_a_cap_leave_exactly_the_cap(connect):
         "WHERE s.user_id = 'racer' AND e.event = 'evicted'"
     ).fetchone()["n"]
     assert evicted == 7
+
+
+def test_many_detections_in_one_rolled_back_transaction_are_all_revoked(connect):
+    """Twelve replays in one transaction that stays open, then rolls back:
+    no worker slot is held while it is open, and every one of the twelve
+    sessions ends revoked with exactly one event."""
+    db = connect()
+    short_grace(db)
+    stolen = []
+    for i in range(12):
+        s = sa.issue(db, f"many{i}")
+        sa.refresh(db, s["refresh_token"])
+        stolen.append((s["session_id"], s["refresh_token"]))
+    time.sleep(0.3)
+    app = connect(autocommit=False)
+    short_grace(app)
+    for _, token in stolen:
+        assert sa.refresh(app, token)["status"] == "reuse_detected"
+    db.execute("SELECT pg_stat_clear_snapshot()")
+    waiting = db.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE backend_type = 'pg_session_auth backstop'"
+    ).fetchone()["n"]
+    assert waiting == 0, "no backstop worker occupies a slot while the caller is open"
+    time.sleep(0.5)
+    app.rollback()
+    assert wait_for(lambda: all(family(db, sid)[0] for sid, _ in stolen), 10), "all revoked"
+    time.sleep(0.3)
+    assert [family(db, sid) for sid, _ in stolen] == [(True, "reuse_detected", 1)] * 12
