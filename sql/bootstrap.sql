@@ -1,5 +1,18 @@
 -- pg_session_auth: private state.
 --
+-- Token and user-id handling assumes UTF-8 text: refuse other encodings
+-- with a clear message rather than fail later on odd bytes.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'pg_session_auth requires a UTF8 database, not %',
+            pg_catalog.getdatabaseencoding()
+            USING ERRCODE = '0A000',
+                  HINT = 'CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0';
+    END IF;
+END
+$$;
+--
 -- A plain CREATE SCHEMA on purpose: if a schema of this name already exists,
 -- somebody else owns it and installation must fail rather than trust it.
 CREATE SCHEMA session_auth;
@@ -34,10 +47,12 @@ CREATE TABLE session_auth.sessions (
     parent_refresh_digest bytea,
     parent_refresh_expires_at timestamptz,
     rotated_at            timestamptz,
-    -- False when the last rotation was a reauthentication: no grace then.
-    parent_grace          boolean     NOT NULL DEFAULT false,
+    -- End of the parent's grace window, fixed by the rotating caller's
+    -- refresh_grace; NULL after a reauthentication (no grace then).
+    grace_until           timestamptz,
     -- The current pair's secrets, wrapped under keys only the parent refresh
     -- token can derive, so a retry within the grace gets the same pair back.
+    -- Erased by the purge once grace_until has passed, and at revocation.
     retry_pair            bytea,
     revoked_at            timestamptz,
     revoked_reason        text,
@@ -46,6 +61,8 @@ CREATE TABLE session_auth.sessions (
 );
 CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id, created_at);
 CREATE INDEX sessions_purge_after_idx ON session_auth.sessions (purge_after);
+CREATE INDEX sessions_retry_pair_idx ON session_auth.sessions (grace_until)
+    WHERE retry_pair IS NOT NULL;
 COMMENT ON TABLE session_auth.sessions IS
     'One row per session (token family); token digests only, never tokens';
 

@@ -42,8 +42,9 @@ BEGIN
                   HINT = format('min_auth_level: the session is at level %s, %s is required',
                                 v.auth_level, min_auth_level);
     END IF;
+    -- Subtract rather than add, so a huge max_auth_age cannot overflow.
     IF max_auth_age IS NOT NULL
-       AND v.authenticated_at + max_auth_age <= pg_catalog.statement_timestamp() THEN
+       AND pg_catalog.statement_timestamp() - v.authenticated_at >= max_auth_age THEN
         RAISE EXCEPTION 'reauthentication required'
             USING ERRCODE = 'SA005',
                   HINT = format('max_auth_age: the last authentication is older than %s',

@@ -228,6 +228,7 @@ pub mod session_auth {
     /// The rotation behind `session_reauthenticate`, which raises on its status.
     /// Internal: lives in the private schema, callable only by the owner.
     #[pg_extern(volatile, parallel_unsafe)]
+    #[search_path(session_auth, pg_temp)]
     pub fn reauthenticate_pair(
         token: Option<&str>,
         auth_level: Option<i32>,

@@ -23,8 +23,9 @@ use crate::store::{Blacklisted, SessionRow};
 
 const SCHEMA: &CStr = c"session_auth";
 
-/// Column names of `SessionRow`, in the order `read_session` expects.
-const SESSION_COLUMNS: [&CStr; 22] = [
+/// Column names of `SessionRow`, in the order `read_row` expects (the same
+/// order as `store::session_columns!`, which a test checks), then `data`.
+pub const SESSION_COLUMNS: [&CStr; ROW_COLUMNS + 1] = [
     c"session_id",
     c"user_id",
     c"auth_level",
@@ -42,12 +43,14 @@ const SESSION_COLUMNS: [&CStr; 22] = [
     c"parent_access_expires_at",
     c"parent_refresh_digest",
     c"rotated_at",
-    c"parent_grace",
+    c"grace_until",
     c"retry_pair",
     c"revoked_at",
     c"parent_refresh_expires_at",
     c"data",
 ];
+
+const ROW_COLUMNS: usize = crate::store::SESSION_COLUMNS;
 
 const BLACKLIST_COLUMNS: [&CStr; 4] = [c"session_id", c"kind", c"generation", c"expires_at"];
 
@@ -68,7 +71,27 @@ pub fn session(session_id: &[u8; 16]) -> Option<(SessionRow, serde_json::Value)>
         &SESSION_COLUMNS,
         |v| {
             // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
-            unsafe { read_session(v) }
+            unsafe {
+                let data: JsonB = get(v, ROW_COLUMNS);
+                (read_row(v), data.0)
+            }
+        },
+    )
+}
+
+/// The session row without its data (writers check a token with it before
+/// they lock anything).
+pub fn session_row(session_id: &[u8; 16]) -> Option<SessionRow> {
+    let key_datum = pgrx::Uuid::from_bytes(*session_id).into_datum()?;
+    probe(
+        c"sessions",
+        c"sessions_pkey",
+        pg_sys::F_UUID_EQ,
+        key_datum,
+        &SESSION_COLUMNS[..ROW_COLUMNS],
+        |v| {
+            // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
+            unsafe { read_row(v) }
         },
     )
 }
@@ -244,33 +267,29 @@ unsafe fn get_opt_ts(values: Values<'_>, i: usize) -> Option<i64> {
     get_opt::<pgrx::datum::TimestampWithTimeZone>(values, i).map(|t| t.into_inner())
 }
 
-unsafe fn read_session(v: Values<'_>) -> (SessionRow, serde_json::Value) {
+unsafe fn read_row(v: Values<'_>) -> SessionRow {
     let id: pgrx::Uuid = get(v, 0);
-    let data: JsonB = get(v, 21);
-    (
-        SessionRow {
-            session_id: *id.as_bytes(),
-            user_id: get(v, 1),
-            auth_level: get(v, 2),
-            created_at: get_ts(v, 3),
-            authenticated_at: get_ts(v, 4),
-            last_refreshed_at: get_ts(v, 5),
-            generation: get(v, 6),
-            access_digest: get(v, 7),
-            access_issued_at: get_ts(v, 8),
-            access_expires_at: get_ts(v, 9),
-            refresh_digest: get(v, 10),
-            refresh_expires_at: get_ts(v, 11),
-            absolute_expires_at: get_ts(v, 12),
-            parent_access_digest: get_opt(v, 13),
-            parent_access_expires_at: get_opt_ts(v, 14),
-            parent_refresh_digest: get_opt(v, 15),
-            rotated_at: get_opt_ts(v, 16),
-            parent_grace: get(v, 17),
-            retry_pair: get_opt(v, 18),
-            revoked_at: get_opt_ts(v, 19),
-            parent_refresh_expires_at: get_opt_ts(v, 20),
-        },
-        data.0,
-    )
+    SessionRow {
+        session_id: *id.as_bytes(),
+        user_id: get(v, 1),
+        auth_level: get(v, 2),
+        created_at: get_ts(v, 3),
+        authenticated_at: get_ts(v, 4),
+        last_refreshed_at: get_ts(v, 5),
+        generation: get(v, 6),
+        access_digest: get(v, 7),
+        access_issued_at: get_ts(v, 8),
+        access_expires_at: get_ts(v, 9),
+        refresh_digest: get(v, 10),
+        refresh_expires_at: get_ts(v, 11),
+        absolute_expires_at: get_ts(v, 12),
+        parent_access_digest: get_opt(v, 13),
+        parent_access_expires_at: get_opt_ts(v, 14),
+        parent_refresh_digest: get_opt(v, 15),
+        rotated_at: get_opt_ts(v, 16),
+        grace_until: get_opt_ts(v, 17),
+        retry_pair: get_opt(v, 18),
+        revoked_at: get_opt_ts(v, 19),
+        parent_refresh_expires_at: get_opt_ts(v, 20),
+    }
 }

@@ -15,7 +15,8 @@ use crate::clock::{statement_now, Micros};
 use crate::gucs;
 use crate::store;
 
-/// Rows removed, per kind.
+/// Rows removed, per kind. (Erased retry pairs are not counted: nothing
+/// is removed, a column is cleared.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     pub blacklist: u64,
@@ -51,11 +52,17 @@ pub fn batch(client: &mut SpiClient<'_>, now: Micros, batch_size: i32) -> Remove
     let expired = |client: &mut SpiClient<'_>, stmt, cutoff| {
         store::affected(client, stmt, &[store::ts(cutoff), batch_size.into()])
     };
-    Removed {
+    let removed = Removed {
         blacklist: expired(client, &store::PURGE_BLACKLIST, now),
         sessions: expired(client, &store::PURGE_SESSIONS, now),
         events: expired(client, &store::PURGE_EVENTS, now.saturating_sub(retention)),
-    }
+    };
+    store::affected(
+        client,
+        &store::PURGE_RETRY_PAIRS,
+        &[store::ts(now), batch_size.into()],
+    );
+    removed
 }
 
 /// Records a pass for `session_auth.stats`; skipped if another pass is

@@ -134,6 +134,15 @@ fn identify(
         })
 }
 
+/// Whether the token is one of its session's, checked without taking any
+/// lock, so that knowing a session id alone never lets anyone hold a lock on
+/// somebody else's session. Writers then lock and check again.
+fn genuine_unlocked(parsed: &Parsed) -> bool {
+    probe::session_row(&parsed.session)
+        .and_then(|row| identify(parsed, &row, probe::blacklisted))
+        .is_some()
+}
+
 /// `identify` for writers, which hold the row lock and read the blacklist
 /// with a fresh snapshot.
 fn identify_locked(
@@ -146,9 +155,10 @@ fn identify_locked(
     })
 }
 
-/// Whether the parent pair is still inside its grace window.
+/// Whether the parent pair is still inside its grace window: the one fixed
+/// at rotation, shortened by the caller's current setting.
 fn in_grace(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
-    row.parent_grace
+    row.grace_until.is_some_and(|until| now < until)
         && row
             .rotated_at
             .is_some_and(|at| now < at.saturating_add(policy.refresh_grace))
@@ -173,7 +183,11 @@ fn access_status(
             if !in_grace(row, now, policy) {
                 return Err(Status::Revoked);
             }
-            let grace_end = row.rotated_at.unwrap_or(now) + policy.refresh_grace;
+            let grace_end = row.grace_until.unwrap_or(now).min(
+                row.rotated_at
+                    .unwrap_or(now)
+                    .saturating_add(policy.refresh_grace),
+            );
             grace_end
                 .min(row.parent_access_expires_at.unwrap_or(now))
                 .min(effective.session)
@@ -296,6 +310,9 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     backstop::retry_unlaunched();
     let token = token.ok_or(Status::Invalid)?;
     let parsed = token::parse(token, Some(Kind::Refresh)).ok_or(Status::Invalid)?;
+    if !genuine_unlocked(&parsed) {
+        return Err(Status::Invalid);
+    }
     let now = statement_now();
     let policy = Policy::current();
     Spi::connect_mut(|client| {
@@ -312,7 +329,7 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
             Presented::Current => Ok(rotate(client, &row, token, now, &policy, effective)),
             Presented::Parent if in_grace(&row, now, &policy) => {
                 // Rule 2: a lost response or a second tab gets the same pair.
-                retry_pair(&row, token).ok_or(Status::Invalid)
+                retry_pair(&row, token, effective).ok_or(Status::Invalid)
             }
             Presented::Parent => {
                 // Outside the grace a parent past its own deadline is
@@ -384,14 +401,18 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
     } else {
         "superseded"
     };
-    let grace = r.retry_pair.is_some();
+    // A reauthentication leaves no grace (NULL).
+    let grace_until = r
+        .retry_pair
+        .is_some()
+        .then(|| r.now.saturating_add(r.policy.refresh_grace));
     store::run(
         client,
         &store::ROTATE,
         &[
             store::uuid(&row.session_id),
             store::ts(r.now),
-            grace.into(),
+            store::opt_ts(grace_until),
             r.retry_pair.as_deref().into(),
             store::bytes(&token::digest(&access_token)),
             store::ts(deadlines.access_expires_at),
@@ -417,8 +438,9 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
     }
 }
 
-/// The pair that replaced `parent`, rebuilt from the wrapped secrets.
-fn retry_pair(row: &SessionRow, parent: &str) -> Option<Pair> {
+/// The pair that replaced `parent`, rebuilt from the wrapped secrets, with
+/// the caller's effective deadlines.
+fn retry_pair(row: &SessionRow, parent: &str, effective: Effective) -> Option<Pair> {
     let (access, refresh) = token::unwrap_pair(parent, row.retry_pair.as_deref()?)?;
     let access_token = token::encode(Kind::Access, &row.session_id, &access);
     let refresh_token = token::encode(Kind::Refresh, &row.session_id, &refresh);
@@ -428,9 +450,9 @@ fn retry_pair(row: &SessionRow, parent: &str) -> Option<Pair> {
     genuine.then_some(Pair {
         session_id: row.session_id,
         access_token,
-        access_expires_at: row.access_expires_at,
+        access_expires_at: effective.access,
         refresh_token,
-        refresh_expires_at: row.refresh_expires_at,
+        refresh_expires_at: effective.session,
     })
 }
 
@@ -499,6 +521,9 @@ pub fn revoke_token(token: Option<&str>) -> bool {
     let Some(parsed) = token.and_then(|t| token::parse(t, None)) else {
         return false;
     };
+    if !genuine_unlocked(&parsed) {
+        return false;
+    }
     let now = statement_now();
     Spi::connect_mut(|client| {
         let Some(row) = load_for_update(client, &parsed.session) else {
@@ -599,6 +624,9 @@ pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pa
     let parsed = token
         .and_then(|t| token::parse(t, Some(Kind::Access)))
         .ok_or(Status::Invalid)?;
+    if !genuine_unlocked(&parsed) {
+        return Err(Status::Invalid);
+    }
     let now = statement_now();
     let policy = Policy::current();
     Spi::connect_mut(|client| {

@@ -133,7 +133,7 @@ macro_rules! session_columns {
         "session_id, user_id, auth_level, created_at, authenticated_at, last_refreshed_at, \
          generation, access_digest, access_issued_at, access_expires_at, refresh_digest, \
          refresh_expires_at, absolute_expires_at, parent_access_digest, \
-         parent_access_expires_at, parent_refresh_digest, rotated_at, parent_grace, \
+         parent_access_expires_at, parent_refresh_digest, rotated_at, grace_until, \
          retry_pair, revoked_at, parent_refresh_expires_at"
     };
 }
@@ -214,7 +214,7 @@ pub static ROTATE: Stmt = Stmt {
               parent_access_expires_at = access_expires_at, \
               parent_refresh_digest = refresh_digest, \
               parent_refresh_expires_at = refresh_expires_at, \
-              rotated_at = $2, parent_grace = $3, retry_pair = $4, \
+              rotated_at = $2, grace_until = $3, retry_pair = $4, \
               access_digest = $5, access_issued_at = $2, access_expires_at = $6, \
               refresh_digest = $7, refresh_expires_at = $8, last_refreshed_at = $2, \
               authenticated_at = coalesce($9, authenticated_at), \
@@ -229,7 +229,7 @@ pub static ROTATE: Stmt = Stmt {
     args: &[
         T::UUIDOID,
         T::TIMESTAMPTZOID,
-        T::BOOLOID,
+        T::TIMESTAMPTZOID,
         T::BYTEAOID,
         T::BYTEAOID,
         T::TIMESTAMPTZOID,
@@ -252,7 +252,8 @@ pub static ROTATE: Stmt = Stmt {
 pub static REVOKE: Stmt = Stmt {
     name: "revoke",
     sql: "WITH r AS ( \
-            UPDATE session_auth.sessions SET revoked_at = $2, revoked_reason = $3 \
+            UPDATE session_auth.sessions SET revoked_at = $2, revoked_reason = $3, \
+              retry_pair = NULL \
             WHERE session_id = ANY($1) AND revoked_at IS NULL \
             RETURNING session_id, user_id, generation, access_digest, access_expires_at, \
                       refresh_digest, refresh_expires_at), \
@@ -348,12 +349,24 @@ pub static PURGE_EVENTS: Stmt = Stmt {
     writes: true,
 };
 
+/// Erases wrapped retry pairs whose grace window has passed, so a database
+/// reader holding a superseded refresh token cannot unwrap the live pair.
+pub static PURGE_RETRY_PAIRS: Stmt = Stmt {
+    name: "purge_retry_pairs",
+    sql: "UPDATE session_auth.sessions SET retry_pair = NULL WHERE ctid = ANY (ARRAY( \
+            SELECT ctid FROM session_auth.sessions \
+            WHERE retry_pair IS NOT NULL AND grace_until < $1 \
+            ORDER BY grace_until LIMIT $2 FOR UPDATE SKIP LOCKED))",
+    args: &[T::TIMESTAMPTZOID, T::INT4OID],
+    writes: true,
+};
+
 /// Records a purge pass unless another one is recording right now.
 pub static RECORD_PURGE: Stmt = Stmt {
     name: "record_purge",
     sql: "UPDATE session_auth.purge_status p SET last_run_at = $1, source = $2, \
             blacklist_removed = $3, sessions_removed = $4, events_removed = $5, \
-            batches = $6, duration = make_interval(secs => $7) \
+            batches = $6, duration = pg_catalog.make_interval(secs => $7) \
           FROM (SELECT singleton FROM session_auth.purge_status \
                 FOR UPDATE SKIP LOCKED) AS free \
           WHERE p.singleton = free.singleton",
@@ -392,7 +405,7 @@ pub struct SessionRow {
     pub parent_access_expires_at: Option<i64>,
     pub parent_refresh_digest: Option<Vec<u8>>,
     pub rotated_at: Option<i64>,
-    pub parent_grace: bool,
+    pub grace_until: Option<i64>,
     pub retry_pair: Option<Vec<u8>>,
     pub revoked_at: Option<i64>,
     pub parent_refresh_expires_at: Option<i64>,
@@ -424,7 +437,7 @@ impl SessionRow {
             parent_access_expires_at: ts_col(row, 15),
             parent_refresh_digest: col(row, 16),
             rotated_at: ts_col(row, 17),
-            parent_grace: req(row, 18),
+            grace_until: ts_col(row, 18),
             retry_pair: col(row, 19),
             revoked_at: ts_col(row, 20),
             parent_refresh_expires_at: ts_col(row, 21),
@@ -475,4 +488,18 @@ pub fn find_blacklisted(
             })
         },
     )
+}
+
+#[cfg(test)]
+mod unit_tests {
+    #[test]
+    fn the_direct_probe_reads_the_columns_the_statements_select() {
+        let selected: Vec<&str> = session_columns!().split(',').map(str::trim).collect();
+        let probed: Vec<String> = crate::probe::SESSION_COLUMNS[..super::SESSION_COLUMNS]
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(selected.len(), super::SESSION_COLUMNS);
+        assert_eq!(selected, probed);
+    }
 }

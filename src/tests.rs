@@ -399,4 +399,31 @@ mod tests {
         let uncapped: i64 = one("SELECT count(*) FROM session_list('capped')");
         assert_eq!(uncapped, 3);
     }
+
+    #[pg_test]
+    fn retry_pairs_are_erased_after_the_grace_and_at_revocation() {
+        let (id, _, r1) = issue("wrapped");
+        refresh(&r1);
+        let held = |id: &str| -> bool {
+            one(&format!(
+                "SELECT retry_pair IS NOT NULL FROM session_auth.sessions WHERE session_id = '{id}'"
+            ))
+        };
+        assert!(held(&id), "within the grace the retry pair is kept");
+        Spi::run("SELECT session_purge()").unwrap();
+        assert!(held(&id), "the purge keeps it while the grace lasts");
+        Spi::run(&format!(
+            "UPDATE session_auth.sessions SET grace_until = now() - interval '1 s' \
+             WHERE session_id = '{id}'"
+        ))
+        .unwrap();
+        Spi::run("SELECT session_purge()").unwrap();
+        assert!(!held(&id), "erased once the grace has passed");
+
+        let (other, _, r) = issue("wrapped2");
+        refresh(&r);
+        assert!(held(&other));
+        Spi::run(&format!("SELECT session_revoke_id('{other}')")).unwrap();
+        assert!(!held(&other), "erased at revocation");
+    }
 }

@@ -97,7 +97,8 @@ fn run_pass() {
     let mut batches = 0;
     loop {
         let result = in_transaction(|| {
-            Spi::run("SET LOCAL lock_timeout = '1s'").ok();
+            Spi::run("SET LOCAL lock_timeout = '1s'; SET LOCAL search_path = pg_catalog, pg_temp")
+                .ok();
             Spi::connect_mut(|client| purge::batch(client, statement_now(), batch_size))
         });
         match result {

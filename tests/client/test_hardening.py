@@ -1,0 +1,82 @@
+"""Regression tests for findings of the security review: each fails if the
+weakness comes back."""
+
+import time
+
+import psycopg
+import pytest
+
+import sa
+
+
+def test_a_forged_token_with_a_known_session_id_takes_no_lock(connect):
+    """Knowing a session id (it is in every token) must not let anyone hold
+    a lock on that session: the token is checked before anything is locked."""
+    db = connect()
+    s = sa.issue(db, "locked-out")
+    forged = s["refresh_token"][:40] + ("A" if s["refresh_token"][40] != "A" else "B") + s["refresh_token"][41:]
+    attacker = connect(autocommit=False)
+    assert sa.refresh(attacker, forged)["status"] == "invalid"
+    assert sa.revoke(attacker, forged) is False
+    with pytest.raises(psycopg.Error) as e:
+        sa.reauthenticate(attacker, s["access_token"][:40] + "AAAA" + s["access_token"][44:])
+    assert e.value.sqlstate == "SA001"
+    attacker.rollback()
+    attacker.execute("SELECT * FROM session_refresh(%s)", [forged])  # and keep the transaction open
+    victim = connect()
+    victim.execute("SET lock_timeout = '1s'")
+    assert sa.refresh(victim, s["refresh_token"])["status"] == "ok", "not blocked by the attacker"
+    attacker.rollback()
+
+
+def test_a_retry_in_the_grace_answers_the_callers_effective_deadlines(connect):
+    db = connect()
+    s = sa.issue(db, "tightened")
+    first = sa.refresh(db, s["refresh_token"])
+    db.execute("SET session_auth.access_ttl = '1min'")
+    db.execute("SET session_auth.idle_timeout = '2min'")
+    retry = sa.refresh(db, s["refresh_token"])
+    assert sa.pair(retry) == sa.pair(first)
+    now = db.execute("SELECT statement_timestamp() AS t").fetchone()["t"]
+    assert (retry["access_expires_at"] - now).total_seconds() <= 60
+    assert (retry["refresh_expires_at"] - now).total_seconds() <= 120
+    assert retry["access_expires_at"] == sa.validate(db, retry["access_token"])["expires_at"]
+
+
+def test_require_accepts_a_huge_max_auth_age(connect):
+    db = connect()
+    s = sa.issue(db, "patient")
+    assert sa.require(db, s["access_token"], max_auth_age="300000 years")["user_id"] == "patient"
+
+
+def test_a_non_utf8_database_is_refused_with_a_clear_error(connect):
+    db = connect()
+    db.execute("DROP DATABASE IF EXISTS latin1_db")
+    db.execute("CREATE DATABASE latin1_db ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+    try:
+        other = connect(dbname="latin1_db")
+        with pytest.raises(psycopg.Error) as e:
+            other.execute("CREATE EXTENSION pg_session_auth")
+        assert e.value.sqlstate == "0A000"
+        assert "UTF8" in str(e.value)
+        other.close()
+    finally:
+        db.execute("DROP DATABASE latin1_db WITH (FORCE)")
+
+
+def test_retry_pairs_do_not_outlive_the_grace(connect):
+    """A database reader holding a superseded refresh token must not find a
+    wrapped pair to unwrap once the grace window is over."""
+    db = connect()
+    db.execute("SET session_auth.refresh_grace = '200ms'")
+    s = sa.issue(db, "wrapped")
+    sa.refresh(db, s["refresh_token"])
+    held = lambda: db.execute(  # noqa: E731
+        "SELECT retry_pair IS NOT NULL AS h FROM session_auth.sessions WHERE session_id = %s",
+        [s["session_id"]],
+    ).fetchone()["h"]
+    assert held()
+    time.sleep(0.3)
+    while db.execute("SELECT session_purge() AS n").fetchone()["n"] > 0:
+        pass
+    assert not held()
