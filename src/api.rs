@@ -13,7 +13,9 @@
 
 use pgrx::datum::TimestampWithTimeZone as Tstz;
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
+
+use crate::jsonb::RawJsonb;
 
 use crate::error;
 use crate::session::{self, Pair, Status};
@@ -43,7 +45,7 @@ fn session_key(id: &Uuid) -> [u8; 16] {
 #[search_path(session_auth, pg_temp)]
 fn session_issue(
     user_id: Option<&str>,
-    data: default!(Option<JsonB>, "'{}'"),
+    data: default!(Option<RawJsonb>, "'{}'"),
     auth_level: default!(Option<i32>, 1),
 ) -> TableIterator<
     'static,
@@ -58,7 +60,7 @@ fn session_issue(
     let user_id = error::require_user_id(user_id);
     let data = error::require_data(data);
     let auth_level = error::require_auth_level(auth_level);
-    TableIterator::once(pair_row(session::issue(user_id, &data, auth_level)))
+    TableIterator::once(pair_row(session::issue(user_id, data, auth_level)))
 }
 
 /// Checks an access token. Writes nothing, so it runs on a hot standby.
@@ -74,7 +76,7 @@ fn session_validate(
         name!(status, String),
         name!(session_id, Option<Uuid>),
         name!(user_id, Option<String>),
-        name!(data, Option<JsonB>),
+        name!(data, Option<RawJsonb>),
         name!(auth_level, Option<i32>),
         name!(authenticated_at, Option<Tstz>),
         name!(expires_at, Option<Tstz>),
@@ -85,7 +87,7 @@ fn session_validate(
             "ok".to_string(),
             Some(Uuid::from_bytes(v.session_id)),
             Some(v.user_id),
-            Some(JsonB(v.data)),
+            Some(v.data),
             Some(v.auth_level),
             Some(to_timestamptz(v.authenticated_at)),
             Some(to_timestamptz(v.expires_at)),
@@ -187,7 +189,7 @@ fn session_list(
         name!(last_refreshed_at, Tstz),
         name!(expires_at, Tstz),
         name!(auth_level, i32),
-        name!(data, JsonB),
+        name!(data, RawJsonb),
     ),
 > {
     let user_id = error::require_user_id(user_id);
@@ -199,7 +201,7 @@ fn session_list(
             to_timestamptz(s.last_refreshed_at),
             to_timestamptz(s.expires_at),
             s.auth_level,
-            JsonB(s.data),
+            s.data,
         )
     }))
 }
@@ -207,9 +209,9 @@ fn session_list(
 /// Replaces a live session's data.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(session_auth, pg_temp)]
-fn session_set_data(session_id: Option<Uuid>, data: Option<JsonB>) -> bool {
+fn session_set_data(session_id: Option<Uuid>, data: Option<RawJsonb>) -> bool {
     let data = error::require_data(data);
-    session_id.is_some_and(|id| session::set_data(&session_key(&id), &data))
+    session_id.is_some_and(|id| session::set_data(&session_key(&id), data))
 }
 
 /// Functions in the private schema, callable only by the extension owner

@@ -7,6 +7,8 @@
 
 use pgrx::prelude::*;
 
+use crate::jsonb::RawJsonb;
+
 /// `22004`: a required argument was NULL.
 pub fn null_argument(name: &str) -> ! {
     ereport!(
@@ -55,15 +57,14 @@ pub fn require_user_id(user_id: Option<&str>) -> &str {
 }
 
 /// The session data: a JSON object of at most 64 kB in its text form.
-pub fn require_data(data: Option<pgrx::JsonB>) -> serde_json::Value {
-    let Some(pgrx::JsonB(value)) = data else {
+pub fn require_data(data: Option<RawJsonb>) -> RawJsonb {
+    let Some(value) = data else {
         null_argument("data")
     };
     if !value.is_object() {
         bad_argument("data", "must be a JSON object");
     }
-    let size = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
-    if size > MAX_DATA_BYTES {
+    if value.text_len() > MAX_DATA_BYTES {
         bad_argument(
             "data",
             &format!("must be at most {MAX_DATA_BYTES} bytes as JSON text"),

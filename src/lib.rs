@@ -13,6 +13,7 @@ mod backstop;
 mod clock;
 mod error;
 mod gucs;
+mod jsonb;
 mod probe;
 mod purge;
 mod session;

@@ -17,7 +17,9 @@ use std::cell::RefCell;
 use std::ffi::CStr;
 
 use pgrx::pg_sys::{self, Datum, Oid};
-use pgrx::{FromDatum, IntoDatum, JsonB};
+use pgrx::{FromDatum, IntoDatum};
+
+use crate::jsonb::RawJsonb;
 
 use crate::store::{Blacklisted, SessionRow};
 
@@ -61,7 +63,7 @@ thread_local! {
 
 /// The session row and its data, or `None` if there is no such session (or
 /// the extension's schema is gone).
-pub fn session(session_id: &[u8; 16]) -> Option<(SessionRow, serde_json::Value)> {
+pub fn session(session_id: &[u8; 16]) -> Option<(SessionRow, RawJsonb)> {
     let key_datum = pgrx::Uuid::from_bytes(*session_id).into_datum()?;
     probe(
         c"sessions",
@@ -72,8 +74,8 @@ pub fn session(session_id: &[u8; 16]) -> Option<(SessionRow, serde_json::Value)>
         |v| {
             // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
             unsafe {
-                let data: JsonB = get(v, ROW_COLUMNS);
-                (read_row(v), data.0)
+                let data: RawJsonb = get(v, ROW_COLUMNS);
+                (read_row(v), data)
             }
         },
     )

@@ -22,6 +22,7 @@ use crate::backstop;
 use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
 use crate::error;
 use crate::gucs;
+use crate::jsonb::RawJsonb;
 use crate::probe;
 use crate::store::{self, SessionRow};
 use crate::token::{self, Kind, Parsed};
@@ -61,7 +62,7 @@ pub struct Pair {
 pub struct Validated {
     pub session_id: [u8; 16],
     pub user_id: String,
-    pub data: Value,
+    pub data: RawJsonb,
     pub auth_level: i32,
     pub authenticated_at: Micros,
     pub expires_at: Micros,
@@ -76,7 +77,7 @@ pub struct Listed {
     pub last_refreshed_at: Micros,
     pub expires_at: Micros,
     pub auth_level: i32,
-    pub data: Value,
+    pub data: RawJsonb,
 }
 
 /// Which of a session's tokens was presented.
@@ -200,7 +201,7 @@ fn access_status(
     Ok(until)
 }
 
-pub fn issue(user_id: &str, data: &Value, auth_level: i32) -> Pair {
+pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
     backstop::retry_unlaunched();
     let now = statement_now();
     let policy = Policy::current();
@@ -221,7 +222,7 @@ pub fn issue(user_id: &str, data: &Value, auth_level: i32) -> Pair {
             &[
                 store::uuid(&session_id),
                 user_id.into(),
-                JsonB(data.clone()).into(),
+                data.into(),
                 auth_level.into(),
                 store::ts(now),
                 store::bytes(&token::digest(&access_token)),
@@ -579,7 +580,7 @@ pub fn list(user_id: &str) -> Vec<Listed> {
                 let row = SessionRow::read(&r);
                 let expires_at = Effective::of(&row.stored(), &policy).session;
                 (now < expires_at).then(|| {
-                    let data: JsonB = store::req(&r, store::SESSION_COLUMNS + 1);
+                    let data: RawJsonb = store::req(&r, store::SESSION_COLUMNS + 1);
                     Listed {
                         session_id: row.session_id,
                         created_at: row.created_at,
@@ -587,7 +588,7 @@ pub fn list(user_id: &str) -> Vec<Listed> {
                         last_refreshed_at: row.last_refreshed_at,
                         expires_at,
                         auth_level: row.auth_level,
-                        data: data.0,
+                        data,
                     }
                 })
             })
@@ -598,7 +599,7 @@ pub fn list(user_id: &str) -> Vec<Listed> {
     live
 }
 
-pub fn set_data(session_id: &[u8; 16], data: &Value) -> bool {
+pub fn set_data(session_id: &[u8; 16], data: RawJsonb) -> bool {
     let now = statement_now();
     let policy = Policy::current();
     Spi::connect_mut(|client| {
@@ -611,7 +612,7 @@ pub fn set_data(session_id: &[u8; 16], data: &Value) -> bool {
         store::run(
             client,
             &store::SET_DATA,
-            &[store::uuid(session_id), JsonB(data.clone()).into()],
+            &[store::uuid(session_id), data.into()],
             |_| (),
         );
         true

@@ -426,4 +426,27 @@ mod tests {
         Spi::run(&format!("SELECT session_revoke_id('{other}')")).unwrap();
         assert!(!held(&other), "erased at revocation");
     }
+
+    #[pg_test]
+    fn session_data_comes_back_exactly_as_stored() {
+        let data = r#"{"n": 1.50, "big": 12345678901234567890123, "e": 1e2, "deep": [[[[1]]]], "s": "\u00e9"}"#;
+        let (access, id) = Spi::get_two::<String, String>(&format!(
+            "SELECT access_token, session_id::text FROM session_issue('exact', '{data}')"
+        ))
+        .unwrap();
+        let (access, id) = (access.unwrap(), id.unwrap());
+        let same: bool = one(&format!(
+            "SELECT data::text = '{data}'::jsonb::text FROM session_validate('{access}')"
+        ));
+        assert!(same, "validate returns the stored jsonb unchanged");
+        let listed: bool = one(&format!(
+            "SELECT data::text = '{data}'::jsonb::text FROM session_list('exact') \
+             WHERE session_id = '{id}'"
+        ));
+        assert!(listed);
+        let text: String = one(&format!(
+            "SELECT data->>'big' FROM session_validate('{access}')"
+        ));
+        assert_eq!(text, "12345678901234567890123");
+    }
 }
