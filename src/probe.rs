@@ -64,37 +64,34 @@ thread_local! {
 /// The session row and its data, or `None` if there is no such session (or
 /// the extension's schema is gone).
 pub fn session(session_id: &[u8; 16]) -> Option<(SessionRow, RawJsonb)> {
-    let key_datum = pgrx::Uuid::from_bytes(*session_id).into_datum()?;
-    probe(
-        c"sessions",
-        c"sessions_pkey",
-        pg_sys::F_UUID_EQ,
-        key_datum,
-        &SESSION_COLUMNS,
-        |v| {
-            // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
-            unsafe {
-                let data: RawJsonb = get(v, ROW_COLUMNS);
-                (read_row(v), data)
-            }
-        },
-    )
+    probe_session(session_id, &SESSION_COLUMNS, |v| {
+        // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
+        unsafe { (read_row(v), get::<RawJsonb>(v, ROW_COLUMNS)) }
+    })
 }
 
 /// The session row without its data (writers check a token with it before
 /// they lock anything).
 pub fn session_row(session_id: &[u8; 16]) -> Option<SessionRow> {
-    let key_datum = pgrx::Uuid::from_bytes(*session_id).into_datum()?;
+    probe_session(session_id, &SESSION_COLUMNS[..ROW_COLUMNS], |v| {
+        // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
+        unsafe { read_row(v) }
+    })
+}
+
+fn probe_session<R>(
+    session_id: &[u8; 16],
+    columns: &[&CStr],
+    read: impl FnOnce(Values<'_>) -> R,
+) -> Option<R> {
+    let key = pgrx::Uuid::from_bytes(*session_id).into_datum()?;
     probe(
         c"sessions",
         c"sessions_pkey",
         pg_sys::F_UUID_EQ,
-        key_datum,
-        &SESSION_COLUMNS[..ROW_COLUMNS],
-        |v| {
-            // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
-            unsafe { read_row(v) }
-        },
+        key,
+        columns,
+        read,
     )
 }
 

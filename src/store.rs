@@ -322,32 +322,33 @@ pub static NOTIFY: Stmt = Stmt {
 /// never waits for a row that validate or refresh holds, then deleted by
 /// their (locked, so stable) ctids: a TID scan, where `key IN (subquery)`
 /// would hash-join against a scan of the whole table.
-pub static PURGE_BLACKLIST: Stmt = Stmt {
-    name: "purge_blacklist",
-    sql: "DELETE FROM session_auth.blacklist WHERE ctid = ANY (ARRAY( \
-            SELECT ctid FROM session_auth.blacklist WHERE expires_at < $1 \
-            ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    args: &[T::TIMESTAMPTZOID, T::INT4OID],
-    writes: true,
-};
+/// `$1` is the cutoff on the indexed expiry column, `$2` the batch size.
+macro_rules! purge_batch {
+    ($name:literal, $table:literal, $expiry:literal) => {
+        Stmt {
+            name: $name,
+            sql: concat!(
+                "DELETE FROM session_auth.",
+                $table,
+                " WHERE ctid = ANY (ARRAY( ",
+                "SELECT ctid FROM session_auth.",
+                $table,
+                " WHERE ",
+                $expiry,
+                " < $1 ",
+                "ORDER BY ",
+                $expiry,
+                " LIMIT $2 FOR UPDATE SKIP LOCKED))"
+            ),
+            args: &[T::TIMESTAMPTZOID, T::INT4OID],
+            writes: true,
+        }
+    };
+}
 
-pub static PURGE_SESSIONS: Stmt = Stmt {
-    name: "purge_sessions",
-    sql: "DELETE FROM session_auth.sessions WHERE ctid = ANY (ARRAY( \
-            SELECT ctid FROM session_auth.sessions WHERE purge_after < $1 \
-            ORDER BY purge_after LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    args: &[T::TIMESTAMPTZOID, T::INT4OID],
-    writes: true,
-};
-
-pub static PURGE_EVENTS: Stmt = Stmt {
-    name: "purge_events",
-    sql: "DELETE FROM session_auth.events WHERE ctid = ANY (ARRAY( \
-            SELECT ctid FROM session_auth.events WHERE at < $1 \
-            ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    args: &[T::TIMESTAMPTZOID, T::INT4OID],
-    writes: true,
-};
+pub static PURGE_BLACKLIST: Stmt = purge_batch!("purge_blacklist", "blacklist", "expires_at");
+pub static PURGE_SESSIONS: Stmt = purge_batch!("purge_sessions", "sessions", "purge_after");
+pub static PURGE_EVENTS: Stmt = purge_batch!("purge_events", "events", "at");
 
 /// Erases wrapped retry pairs whose grace window has passed, so a database
 /// reader holding a superseded refresh token cannot unwrap the live pair.
