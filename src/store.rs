@@ -205,6 +205,9 @@ pub static INSERT_SESSION: Stmt = Stmt {
 
 /// Replaces the current pair, keeps the old one as the parent (SET sees the
 /// old values) and puts the old digests on the blacklist, in one statement.
+/// A digest whose token has already expired is not blacklisted: its entry
+/// could be purged at once, after which the token answers `invalid` anyway
+/// (the common case: a client refreshes once its access token expired).
 pub static ROTATE: Stmt = Stmt {
     name: "rotate",
     sql: "WITH rotated AS ( \
@@ -223,8 +226,10 @@ pub static ROTATE: Stmt = Stmt {
             WHERE session_id = $1) \
           INSERT INTO session_auth.blacklist \
             (digest, session_id, kind, generation, revoked_at, expires_at, reason) \
-          VALUES ($11, $1, 'access', $12, $2, $13, $14), \
-                 ($15, $1, 'refresh', $12, $2, $16, $14) \
+          SELECT * FROM (VALUES ($11, $1, 'access', $12, $2, $13, $14), \
+                                ($15, $1, 'refresh', $12, $2, $16, $14)) \
+                   AS d(digest, session_id, kind, generation, revoked_at, expires_at, reason) \
+          WHERE d.expires_at > $2 \
           ON CONFLICT (digest) DO NOTHING",
     args: &[
         T::UUIDOID,
@@ -264,6 +269,7 @@ pub static REVOKE: Stmt = Stmt {
               LATERAL (VALUES (r.access_digest, 'access', r.access_expires_at), \
                               (r.refresh_digest, 'refresh', r.refresh_expires_at)) \
                       AS d(digest, kind, expires_at) \
+            WHERE d.expires_at > $2 \
             ON CONFLICT (digest) DO NOTHING), \
           e AS ( \
             INSERT INTO session_auth.events (event, at, session_id, user_id, details) \

@@ -449,4 +449,21 @@ mod tests {
         ));
         assert_eq!(text, "12345678901234567890123");
     }
+
+    #[pg_test]
+    fn an_already_expired_digest_is_not_blacklisted_at_rotation() {
+        let (id, access, r1) = issue("late");
+        // The access token ran out before the client refreshed, as usual.
+        Spi::run(&format!(
+            "UPDATE session_auth.sessions SET access_expires_at = now() - interval '1 s' \
+             WHERE session_id = '{id}'"
+        ))
+        .unwrap();
+        assert_eq!(refresh(&r1).0, "ok");
+        let kinds: String = one(&format!(
+            "SELECT string_agg(kind, ',') FROM session_auth.blacklist WHERE session_id = '{id}'"
+        ));
+        assert_eq!(kinds, "refresh", "only the live superseded digest is kept");
+        assert_eq!(validate_status(&access), "expired");
+    }
 }
