@@ -1,0 +1,12 @@
+-- floor: a one-row UPDATE by token digest, with the same client-side work
+-- as the refresh scripts (its own families, the token stored back).
+\set per :n / :clients
+\set id 1 + :client_id * :per + random(0, :per - 1)
+SELECT access AS tok FROM bench.floor_tokens WHERE id = :id \gset
+WITH r AS (UPDATE bench.floor SET expires_at = statement_timestamp() + interval '2 hours'
+            WHERE digest = sha256(convert_to(:tok, 'UTF8')) RETURNING 'ok'::text AS status),
+     u AS (UPDATE bench.floor_tokens t SET refresh = t.refresh FROM r WHERE t.id = :id)
+SELECT status, (status = 'ok')::int AS ok FROM r \gset
+\if :ok = 0
+SELECT bench.note_bad(:run, :status);
+\endif

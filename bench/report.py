@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Helpers of bench/run: latency percentiles from pgbench logs, the report.
+
+  report.py pct LOGDIR [FROM TO]    "count p50_ms p99_ms" of the transactions
+                                    logged in LOGDIR/tx.* (optionally only
+                                    those that ended between FROM and TO,
+                                    Unix epoch seconds)
+  report.py rate LOGDIR FROM TO     transactions per second in that window
+  report.py table RESULTS META      the Markdown report
+
+pgbench's per-transaction log lines are
+`client_id transaction_no time_us script_no epoch_s epoch_us`.
+Percentiles are nearest-rank.
+"""
+
+import glob
+import math
+import sys
+
+
+def latencies(logdir, lo=None, hi=None):
+    out = []
+    for path in glob.glob(f"{logdir}/tx[0-9]*"):
+        with open(path) as f:
+            for line in f:
+                p = line.split()
+                if len(p) < 6 or not p[2].isdigit():
+                    continue  # skipped or failed transactions
+                if lo is not None:
+                    end = int(p[4]) + int(p[5]) / 1e6
+                    if end < lo or end > hi:
+                        continue
+                out.append(int(p[2]))
+    out.sort()
+    return out
+
+
+def pctl(sorted_values, q):
+    if not sorted_values:
+        return float("nan")
+    k = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[k - 1]
+
+
+def cmd_pct(args):
+    lo = hi = None
+    if len(args) >= 3:
+        lo, hi = float(args[1]), float(args[2])
+    v = latencies(args[0], lo, hi)
+    print(f"{len(v)} {pctl(v, 0.50) / 1000:.3f} {pctl(v, 0.99) / 1000:.3f}")
+
+
+def cmd_rate(args):
+    lo, hi = float(args[1]), float(args[2])
+    v = latencies(args[0], lo, hi)
+    print(f"{len(v) / max(hi - lo, 1e-9):.1f}")
+
+
+# --- the report -----------------------------------------------------------------
+
+
+def load(results_path, meta_path):
+    runs = {}
+    with open(results_path) as f:
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            if len(p) < 3:
+                continue
+            name, tps, stats = p[0], float(p[1] or "nan"), p[2].split()
+            runs[name] = {
+                "tps": tps,
+                "n": int(stats[0]),
+                "p50": float(stats[1]),
+                "p99": float(stats[2]),
+                "bad": int(p[3]) if len(p) > 3 and p[3].isdigit() else 0,
+            }
+            io = p[4].split() if len(p) > 4 else []
+            if len(io) == 2 and io[0] != "-":
+                runs[name]["reads"] = float(io[0])
+                runs[name]["read_us"] = float(io[1])
+    meta = {}
+    with open(meta_path) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("\t")
+            meta[k] = v
+    return runs, meta
+
+
+def ratio(a, b):
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def fx(r):
+    return "n/a" if r is None else f"{r:.2f}×"
+
+
+def fnum(x, d=0):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:,.{d}f}"
+
+
+def fms(run, key):
+    return "n/a" if run is None else f"{run[key]:.3f}"
+
+
+def mb(b):
+    return f"{int(b) / 1048576:,.1f} MB"
+
+
+def verdict(r, goal, higher_is_better=True):
+    if r is None:
+        return "not measured"
+    ok = r >= goal if higher_is_better else r <= goal
+    return "**met**" if ok else "**missed**"
+
+
+def cmd_table(args):
+    runs, meta = load(args[0], args[1])
+    size = int(meta.get("size", "0"))
+    out = []
+    w = out.append
+    w("# pg_session_auth benchmark")
+    w("")
+    mode = meta.get("mode", "?")
+    cmd = meta.get("command", "bench/run")
+    w(f"`{cmd}` ({mode} run), {meta.get('date', '?')}; PostgreSQL {meta.get('server', '?')}, "
+      f"pg_session_auth {meta.get('extversion', '?')} ({meta.get('build', '?')}); "
+      f"{meta.get('machine', '?')}; wall time {int(meta.get('wall', '0')) // 60} min "
+      f"{int(meta.get('wall', '0')) % 60} s.")
+    w("")
+    w(f"Server: {meta.get('settings', '?').strip()}.  ")
+    w(f"pgbench {meta.get('pgbench', '?')}. Every transaction first reads a pre-issued token "
+      "from a lookup table by a uniformly drawn id (the same for every system), then makes the "
+      "call with the token as a bind parameter; refresh clients own disjoint families and store "
+      "the rotated pair back in the same statement. Latencies are per pgbench transaction "
+      "(both statements), nearest-rank percentiles of the per-transaction logs.")
+    w("")
+    w("- **ext**: the extension (`session_validate`, `session_refresh`, `session_issue`).")
+    w("- **floor**: one primary-key probe of a SHA-256 digest in an indexed table of the same "
+      "size (refresh: a one-row UPDATE by digest; issue: a one-row INSERT), same client work.")
+    w("- **peer**: `bench/peer.sql`, hand-written PL/pgSQL + pgcrypto: sessions table, "
+      "token-lineage table with an indexed digest per token, rotation, reuse detection, events.")
+    w("")
+
+    # Targets.
+    g = lambda name: runs.get(name)
+    tps = lambda name: g(name)["tps"] if g(name) else None
+    p50 = lambda name: g(name)["p50"] if g(name) else None
+    scale_sizes = sorted({int(k.split("_")[1]) for k in runs if k.startswith("scale_")})
+    lo_n = scale_sizes[0] if scale_sizes else None
+    hi_n = scale_sizes[-1] if scale_sizes else None
+    w("## Targets")
+    w("")
+    w("| target | measured | goal | |")
+    w("|---|---|---|---|")
+    r = ratio(tps("validate_ext"), tps("validate_floor"))
+    w(f"| validate throughput, ext / floor | {fx(r)} | ≥ 0.9× | {verdict(r, 0.9)} |")
+    r = ratio(tps("validate_ext"), tps("validate_peer"))
+    w(f"| validate throughput, ext / peer | {fx(r)} | ≥ 1.5× | {verdict(r, 1.5)} |")
+    r = ratio(tps("refresh_ext"), tps("refresh_peer"))
+    w(f"| refresh throughput, ext / peer | {fx(r)} | ≥ 2× | {verdict(r, 2.0)} |")
+    for wl in ("validate", "refresh"):
+        if lo_n and hi_n and lo_n != hi_n:
+            r = ratio(p50(f"scale_{hi_n}_ext_{wl}"), p50(f"scale_{lo_n}_ext_{wl}"))
+            w(f"| {wl} p50 latency, {hi_n:,} / {lo_n:,} sessions | {fx(r)} | ≤ 1.3× | "
+              f"{verdict(r, 1.3, False)} |")
+        else:
+            w(f"| {wl} p50 latency at scale | n/a | ≤ 1.3× | not measured |")
+    if meta.get("bloat") == "ran":
+        first = meta.get("bloat_size_first")
+        end = meta.get("bloat_size_end")
+        r = ratio(float(end), float(first)) if first else None
+        rot = int(meta["bloat_rotations"])
+        note = "" if rot >= int(meta["bloat_target_rotations"]) else \
+            f" (time-capped at {int(rot):,} of {int(meta['bloat_target_rotations']):,} rotations)"
+        w(f"| total size after {rot:,} rotations / after {int(meta.get('bloat_first_at') or 0):,}"
+          f"{note} | {fx(r)} | ≤ 1.5× | {verdict(r, 1.5, False)} |")
+    else:
+        w(f"| total size after 2M rotations / after 100k | n/a | ≤ 1.5× | "
+          f"{meta.get('bloat', 'not run')} |")
+    if meta.get("purge") == "ran":
+        r = ratio(g("purge_during")["p99"], g("purge_base")["p99"]) \
+            if g("purge_during") and g("purge_base") else None
+        w(f"| validate p99 during purge / without | {fx(r)} | ≤ 2× | {verdict(r, 2.0, False)} |")
+    else:
+        w(f"| validate p99 during purge / without | n/a | ≤ 2× | {meta.get('purge', 'not run')} |")
+    w("")
+
+    # Main workloads.
+    if any(k.endswith(("_ext", "_floor", "_peer")) and not k.startswith(("scale_", "purge_"))
+           for k in runs):
+        w(f"## Workloads, {size:,} sessions")
+        w("")
+        w("| workload | ext tps | floor tps | peer tps | ext / floor | ext / peer "
+          "| ext p50 / p99 ms | floor p50 / p99 ms | peer p50 / p99 ms |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for wl, label in (("validate", "validate"), ("refresh", "refresh"), ("issue", "issue"),
+                          ("mixed", "mixed 90/9/1")):
+            e, f_, p = g(f"{wl}_ext"), g(f"{wl}_floor"), g(f"{wl}_peer")
+            if not (e or f_ or p):
+                continue
+            lat = lambda x: "n/a" if x is None else f"{x['p50']:.3f} / {x['p99']:.3f}"
+            w(f"| {label} | {fnum(tps(f'{wl}_ext'))} | {fnum(tps(f'{wl}_floor'))} | "
+              f"{fnum(tps(f'{wl}_peer'))} | {fx(ratio(tps(f'{wl}_ext'), tps(f'{wl}_floor')))} | "
+              f"{fx(ratio(tps(f'{wl}_ext'), tps(f'{wl}_peer')))} | {lat(e)} | {lat(f_)} | {lat(p)} |")
+        w("")
+
+    # Scale.
+    if scale_sizes:
+        w("## Scale")
+        w("")
+        w(f"p50 latency in ms, × relative to {lo_n:,} sessions; in brackets throughput (tps) "
+          "and blocks read from outside shared_buffers per transaction (with the time spent "
+          "reading them, µs per transaction). The systems alternate in slices at each size.")
+        w("")
+        w("| sessions | ext validate | floor validate | ext refresh | floor refresh |")
+        w("|---:|---:|---:|---:|---:|")
+        for n in scale_sizes:
+            cells = []
+            for k in ("ext_validate", "floor_validate", "ext_refresh", "floor_refresh"):
+                x = g(f"scale_{n}_{k}")
+                base = g(f"scale_{lo_n}_{k}")
+                if x is None:
+                    cells.append("n/a")
+                    continue
+                rel = "" if n == lo_n else f", {fx(ratio(x['p50'], base['p50'] if base else None))}"
+                io = f", {x['reads']:.2f} reads {x['read_us']:.0f} µs" if "reads" in x else ""
+                cells.append(f"{x['p50']:.3f}{rel} ({fnum(x['tps'])}{io})")
+            w(f"| {n:,} | " + " | ".join(cells) + " |")
+        w("")
+        for k, v in meta.items():
+            if k.startswith("load_ext_"):
+                w(f"- loaded {v} (up to {int(k[9:]):,})")
+        if "load_peer" in meta:
+            w(f"- peer: loaded {meta['load_peer']}")
+        w("")
+
+    # Bloat and purge.
+    w("## Bloat and purge")
+    w("")
+    if meta.get("bloat") == "ran":
+        w(f"Bloat: {int(meta['bloat_rotations']):,} rotations in {meta['bloat_seconds']} s "
+          f"over {meta.get('bloat_families', 'the')} families with access_ttl = idle_timeout = "
+          f"{meta.get('bloat_ttl', '?')}, purge_interval = 5s (purge: {meta['bloat_driver']}). Total size of the "
+          f"extension's tables: {mb(meta['bloat_size_start'])} at start, "
+          f"{mb(meta['bloat_size_first']) if meta.get('bloat_size_first') else 'n/a'} after "
+          f"{int(meta.get('bloat_first_at') or 0):,} rotations, {mb(meta['bloat_size_end'])} "
+          f"at the end (peak {mb(meta['bloat_size_peak'])}; sessions / blacklist / events bytes: "
+          f"{meta['bloat_size_detail']}). Size by rotations done: {meta.get('bloat_trajectory', 'n/a')}. "
+          f"Non-ok answers: {meta['bloat_bad']}.")
+    else:
+        w(f"Bloat: {meta.get('bloat', 'not run')}.")
+    w("")
+    if meta.get("purge") == "ran":
+        b, d = g("purge_base"), g("purge_during")
+        w(f"Purge: {int(meta['purge_rows']):,} expired sessions, removed by the "
+          f"{meta['purge_driver']}; "
+          + ("all gone" if meta.get("purge_done") == "yes" else f"{int(meta['purge_left']):,} left")
+          + f" after {meta['purge_seconds']} s. Validate without purge: {fnum(b['tps'])} tps, "
+          f"p50 {b['p50']:.3f} ms, p99 {b['p99']:.3f} ms; during the purge window: "
+          f"{fnum(d['tps'])} tps, p50 {d['p50']:.3f} ms, p99 {d['p99']:.3f} ms "
+          f"({d['n']:,} transactions).")
+    else:
+        w(f"Purge: {meta.get('purge', 'not run')}.")
+    w("")
+
+    # Sanity.
+    w("## Sanity")
+    w("")
+    bad = {k: v["bad"] for k, v in runs.items() if v["bad"]}
+    w("- answers other than `ok` during the runs: "
+      + (", ".join(f"{k} {v}" for k, v in bad.items()) if bad else "none"))
+    if "sanity_ext" in meta:
+        w(f"- after the runs, extension: {meta['sanity_ext']}; peer: {meta['sanity_peer']}")
+    w("")
+    print("\n".join(out))
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"pct": cmd_pct, "rate": cmd_rate, "table": cmd_table}[cmd](args)
+
+
+if __name__ == "__main__":
+    main()
