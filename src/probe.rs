@@ -15,6 +15,7 @@
 
 use std::cell::RefCell;
 use std::ffi::CStr;
+use std::rc::Rc;
 
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::{FromDatum, IntoDatum};
@@ -58,7 +59,7 @@ const BLACKLIST_COLUMNS: [&CStr; 4] = [c"session_id", c"kind", c"generation", c"
 
 thread_local! {
     /// (relation oid, attribute numbers) per probed table.
-    static ATTNUMS: RefCell<Vec<(Oid, Vec<usize>)>> = const { RefCell::new(Vec::new()) };
+    static ATTNUMS: RefCell<Vec<(Oid, Rc<[usize]>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The session row and its data, or `None` if there is no such session (or
@@ -194,18 +195,19 @@ fn probe<R>(
     }
 }
 
-/// Zero-based attribute indexes of `columns` in `table_oid`, cached.
-unsafe fn attnums(table_oid: Oid, columns: &[&CStr]) -> Vec<usize> {
+/// Zero-based attribute indexes of `columns` in `table_oid`, cached (shared,
+/// not copied, on the hot path).
+unsafe fn attnums(table_oid: Oid, columns: &[&CStr]) -> Rc<[usize]> {
     let cached = ATTNUMS.with(|a| {
         a.borrow()
             .iter()
             .find(|(oid, v)| *oid == table_oid && v.len() == columns.len())
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Rc::clone(v))
     });
     if let Some(v) = cached {
         return v;
     }
-    let found: Vec<usize> = columns
+    let found: Rc<[usize]> = columns
         .iter()
         .map(|name| {
             let n = pg_sys::get_attnum(table_oid, name.as_ptr());
@@ -215,7 +217,7 @@ unsafe fn attnums(table_oid: Oid, columns: &[&CStr]) -> Vec<usize> {
             (n - 1) as usize
         })
         .collect();
-    ATTNUMS.with(|a| a.borrow_mut().push((table_oid, found.clone())));
+    ATTNUMS.with(|a| a.borrow_mut().push((table_oid, Rc::clone(&found))));
     found
 }
 
