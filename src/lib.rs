@@ -19,6 +19,7 @@ mod purge;
 mod session;
 mod store;
 mod token;
+mod vacuum;
 mod worker;
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -10,8 +10,11 @@
 //! * an older superseded token, found on the blacklist (reuse, rule 3).
 //!
 //! A token matching none of them was never issued: `invalid`, whatever
-//! session id it claims. Writers lock the session row first (`FOR UPDATE`),
-//! which serialises concurrent refreshes of one family (rule 7).
+//! session id it claims. Writers lock the session row (`FOR UPDATE`), which
+//! serialises concurrent refreshes of one family (rule 7). The one exception
+//! is the common refresh, the current token of a live session: its rotation
+//! is a single guarded `UPDATE` that changes nothing if the row no longer
+//! holds that token, and only then does the refresh lock and decide again.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -311,48 +314,76 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     backstop::retry_unlaunched();
     let token = token.ok_or(Status::Invalid)?;
     let parsed = token::parse(token, Some(Kind::Refresh)).ok_or(Status::Invalid)?;
-    if !genuine_unlocked(&parsed) {
-        return Err(Status::Invalid);
-    }
+    let row = probe::session_row(&parsed.session).ok_or(Status::Invalid)?;
+    // Checked without taking any lock, so that knowing a session id alone
+    // never lets anyone hold a lock on somebody else's session.
+    let presented = identify(&parsed, &row, probe::blacklisted).ok_or(Status::Invalid)?;
     let now = statement_now();
     let policy = Policy::current();
     Spi::connect_mut(|client| {
-        let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
-        let presented = identify_locked(client, &parsed, &row).ok_or(Status::Invalid)?;
-        if row.revoked_at.is_some() {
-            return Err(Status::Revoked);
-        }
-        let effective = Effective::of(&row.stored(), &policy);
-        if now >= effective.session {
-            return Err(Status::Expired);
-        }
-        match presented {
-            Presented::Current => Ok(rotate(client, &row, token, now, &policy, effective)),
-            Presented::Parent if in_grace(&row, now, &policy) => {
-                // Rule 2: a lost response or a second tab gets the same pair.
-                retry_pair(&row, token, effective).ok_or(Status::Invalid)
-            }
-            Presented::Parent => {
-                // Outside the grace a parent past its own deadline is
-                // expired, not reuse (precedence: expired first).
-                if row.parent_refresh_expires_at.is_some_and(|at| now >= at) {
-                    return Err(Status::Expired);
+        if matches!(presented, Presented::Current) {
+            // The common case, without a separate row lock: the rotation
+            // applies only if the row still holds this token (see ROTATE).
+            if let Some(effective) = rotatable(&row, now, &policy) {
+                if let Some(pair) = rotate(client, &row, token, now, &policy, effective) {
+                    return Ok(pair);
                 }
-                reuse_detected(client, &row, row.generation - 1, now);
-                Err(Status::ReuseDetected)
-            }
-            Presented::Older {
-                generation,
-                expires_at,
-            } => {
-                if now >= expires_at {
-                    return Err(Status::Expired);
-                }
-                reuse_detected(client, &row, generation, now);
-                Err(Status::ReuseDetected)
             }
         }
+        refresh_locked(client, &parsed, token, now, &policy)
     })
+}
+
+/// The effective deadlines of a live, unexpired session.
+fn rotatable(row: &SessionRow, now: Micros, policy: &Policy) -> Option<Effective> {
+    let effective = Effective::of(&row.stored(), policy);
+    (row.revoked_at.is_none() && now < effective.session).then_some(effective)
+}
+
+/// Every refresh rule, decided on the locked row.
+fn refresh_locked(
+    client: &mut SpiClient<'_>,
+    parsed: &Parsed,
+    token: &str,
+    now: Micros,
+    policy: &Policy,
+) -> Result<Pair, Status> {
+    let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
+    let presented = identify_locked(client, parsed, &row).ok_or(Status::Invalid)?;
+    if row.revoked_at.is_some() {
+        return Err(Status::Revoked);
+    }
+    let effective = Effective::of(&row.stored(), policy);
+    if now >= effective.session {
+        return Err(Status::Expired);
+    }
+    match presented {
+        Presented::Current => Ok(rotate(client, &row, token, now, policy, effective)
+            .unwrap_or_else(|| error::internal("rotate", "the locked row changed"))),
+        Presented::Parent if in_grace(&row, now, policy) => {
+            // Rule 2: a lost response or a second tab gets the same pair.
+            retry_pair(&row, token, effective).ok_or(Status::Invalid)
+        }
+        Presented::Parent => {
+            // Outside the grace a parent past its own deadline is
+            // expired, not reuse (precedence: expired first).
+            if row.parent_refresh_expires_at.is_some_and(|at| now >= at) {
+                return Err(Status::Expired);
+            }
+            reuse_detected(client, &row, row.generation - 1, now);
+            Err(Status::ReuseDetected)
+        }
+        Presented::Older {
+            generation,
+            expires_at,
+        } => {
+            if now >= expires_at {
+                return Err(Status::Expired);
+            }
+            reuse_detected(client, &row, generation, now);
+            Err(Status::ReuseDetected)
+        }
+    }
 }
 
 /// Rule 1: a new pair replaces the current one, which becomes the parent.
@@ -363,7 +394,7 @@ fn rotate(
     now: Micros,
     policy: &Policy,
     effective: Effective,
-) -> Pair {
+) -> Option<Pair> {
     let (access, refresh) = new_pair_secrets();
     let wrapped = token::wrap_pair(presented_refresh, &access, &refresh);
     write_rotation(
@@ -393,7 +424,9 @@ struct Rotation<'a> {
     reauth: Option<Option<i32>>,
 }
 
-fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>) -> Pair {
+/// Writes the rotation of `row` as read; `None` if the row no longer holds
+/// that pair (only possible when it was read without the row lock).
+fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>) -> Option<Pair> {
     let access_token = token::encode(Kind::Access, &row.session_id, &r.access);
     let refresh_token = token::encode(Kind::Refresh, &row.session_id, &r.refresh);
     let deadlines = NewPair::at(r.now, r.absolute, r.policy);
@@ -407,7 +440,7 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
         .retry_pair
         .is_some()
         .then(|| r.now.saturating_add(r.policy.refresh_grace));
-    store::run(
+    let rotated = store::affected(
         client,
         &store::ROTATE,
         &[
@@ -428,15 +461,14 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
             store::bytes(&row.refresh_digest),
             store::ts(row.refresh_expires_at),
         ],
-        |_| (),
     );
-    Pair {
+    (rotated == 1).then_some(Pair {
         session_id: row.session_id,
         access_token,
         access_expires_at: deadlines.access_expires_at,
         refresh_token,
         refresh_expires_at: deadlines.refresh_expires_at,
-    }
+    })
 }
 
 /// The pair that replaced `parent`, rebuilt from the wrapped secrets, with
@@ -648,7 +680,8 @@ pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pa
                 retry_pair: None,
                 reauth: Some(auth_level),
             },
-        );
+        )
+        .unwrap_or_else(|| error::internal("reauthenticate", "the locked row changed"));
         let level = auth_level.map_or(row.auth_level, |l| l.max(row.auth_level));
         record_event(
             client,

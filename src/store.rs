@@ -205,9 +205,20 @@ pub static INSERT_SESSION: Stmt = Stmt {
 
 /// Replaces the current pair, keeps the old one as the parent (SET sees the
 /// old values) and puts the old digests on the blacklist, in one statement.
+///
+/// The row is rotated only if its current refresh digest and generation are
+/// still `$15` and `$12` and it is not revoked: the caller either holds the
+/// row lock or read the row without one (a refresh's fast path), and then a
+/// concurrent rotation makes this statement change nothing (it returns no
+/// row) instead of branching the lineage; the caller falls back to locking.
+/// Every value taken from the row it read is fixed by those three columns.
+///
 /// A digest whose token has already expired is not blacklisted: its entry
 /// could be purged at once, after which the token answers `invalid` anyway
 /// (the common case: a client refreshes once its access token expired).
+/// No `ON CONFLICT`: a current digest reaches the blacklist exactly once,
+/// when it stops being current, so a conflict cannot happen and the
+/// speculative-insertion check would be paid on every rotation for nothing.
 pub static ROTATE: Stmt = Stmt {
     name: "rotate",
     sql: "WITH rotated AS ( \
@@ -223,14 +234,17 @@ pub static ROTATE: Stmt = Stmt {
               authenticated_at = coalesce($9, authenticated_at), \
               auth_level = greatest(auth_level, coalesce($10, auth_level)), \
               purge_after = greatest(purge_after, $6, $8) \
-            WHERE session_id = $1) \
-          INSERT INTO session_auth.blacklist \
-            (digest, session_id, kind, generation, revoked_at, expires_at, reason) \
-          SELECT * FROM (VALUES ($11, $1, 'access', $12, $2, $13, $14), \
-                                ($15, $1, 'refresh', $12, $2, $16, $14)) \
-                   AS d(digest, session_id, kind, generation, revoked_at, expires_at, reason) \
-          WHERE d.expires_at > $2 \
-          ON CONFLICT (digest) DO NOTHING",
+            WHERE session_id = $1 AND refresh_digest = $15 AND generation = $12 \
+              AND revoked_at IS NULL \
+            RETURNING 1), \
+          listed AS ( \
+            INSERT INTO session_auth.blacklist \
+              (digest, session_id, kind, generation, revoked_at, expires_at, reason) \
+            SELECT * FROM (VALUES ($11, $1, 'access', $12, $2, $13, $14), \
+                                  ($15, $1, 'refresh', $12, $2, $16, $14)) \
+                     AS d(digest, session_id, kind, generation, revoked_at, expires_at, reason) \
+            WHERE d.expires_at > $2 AND EXISTS (SELECT FROM rotated)) \
+          SELECT 1 FROM rotated",
     args: &[
         T::UUIDOID,
         T::TIMESTAMPTZOID,

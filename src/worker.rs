@@ -1,7 +1,9 @@
 //! The purge worker: started by the postmaster when the library is
 //! preloaded, it serves `session_auth.database`. Every
 //! `session_auth.purge_interval` it runs purge batches, each in its own
-//! transaction with a short `lock_timeout`, until a batch comes back short.
+//! transaction with a short `lock_timeout`, until a batch comes back short,
+//! pausing after each batch for four times as long as it took (a backlog is
+//! worked off at no more than a fifth of one core).
 //!
 //! It reloads its settings on SIGHUP, stops promptly on SIGTERM (checked
 //! between batches; batches are small and never wait long), logs an error in
@@ -20,6 +22,7 @@ use pgrx::prelude::*;
 use crate::clock::statement_now;
 use crate::gucs;
 use crate::purge::{self, Removed};
+use crate::vacuum;
 
 pub const NAME: &str = "pg_session_auth purge";
 
@@ -45,6 +48,10 @@ pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
         .unwrap_or_else(|| "postgres".to_string());
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("{NAME}: serving database \"{database}\"");
+    // The worker's own VACUUMs yield like autovacuum's (see `vacuum`).
+    if let Err(e) = in_transaction(|| Spi::run("SET vacuum_cost_delay = '2ms'")) {
+        log!("{NAME}: {e}");
+    }
 
     let mut waiting_for_extension_logged = false;
     while BackgroundWorker::wait_latch(Some(interval())) {
@@ -67,6 +74,11 @@ pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
             }
         }
         run_pass();
+        // A background worker has no idle loop to send its statistics; the
+        // purge's deletions must be counted before `vacuum_due` reads them.
+        // SAFETY: between transactions, as PostgresMain calls it.
+        unsafe { pg_sys::pgstat_report_stat(true) };
+        vacuum_due();
     }
     log!("{NAME}: stopping");
     // Exit code 0 would tell the postmaster never to start the worker again;
@@ -78,6 +90,17 @@ pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
 
 fn interval() -> Duration {
     Duration::from_millis(u64::try_from(gucs::PURGE_INTERVAL.get()).unwrap_or(60_000))
+}
+
+/// Time spent working per time spent pausing, between the batches of one
+/// pass: the worker is busy at most 1 / (1 + PAUSE_PER_WORK) of the time.
+const PAUSE_PER_WORK: u32 = 4;
+
+/// The pause after a batch that took `work`; at least a millisecond, so a
+/// fast batch still yields, and at most a second, so a slow one (waiting on
+/// a lock, say) does not stretch the pass further.
+fn pause_after(work: Duration) -> Duration {
+    (work * PAUSE_PER_WORK).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
 fn extension_installed() -> bool {
@@ -96,6 +119,7 @@ fn run_pass() {
     let mut removed = Removed::default();
     let mut batches = 0;
     loop {
+        let batch_started = Instant::now();
         let result = in_transaction(|| {
             Spi::run("SET LOCAL lock_timeout = '1s'; SET LOCAL search_path = pg_catalog, pg_temp")
                 .ok();
@@ -114,7 +138,9 @@ fn run_pass() {
                 break;
             }
         }
-        if BackgroundWorker::sigterm_received() {
+        // A backlog is worked off at a bounded share of one core, so that
+        // the hot path keeps its latency while the purge catches up.
+        if !BackgroundWorker::wait_latch(Some(pause_after(batch_started.elapsed()))) {
             break;
         }
     }
@@ -130,6 +156,58 @@ fn run_pass() {
             batches,
             started.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// VACUUMs the extension's tables that have enough dead row versions.
+fn vacuum_due() {
+    let due = in_transaction(|| {
+        Spi::connect(|client| {
+            client
+                .select(vacuum::DUE_SQL, None, &[])
+                .map(|t| {
+                    t.filter_map(|r| r.get::<String>(1).ok().flatten())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+    });
+    let due = match due {
+        Ok(due) => due,
+        Err(e) => {
+            log!("{NAME}: {e}");
+            return;
+        }
+    };
+    for table in due {
+        let Some(sql) = vacuum::statement(&table) else {
+            continue;
+        };
+        let started = Instant::now();
+        let result = PgTryBuilder::new(|| {
+            // SAFETY: between transactions, in this background worker.
+            unsafe { vacuum::run_top_level(sql) };
+            Ok(())
+        })
+        .catch_others(|error| {
+            // SAFETY: ends the failed VACUUM's transaction, then its memory.
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+                vacuum::after_error();
+            }
+            Err(describe(&error))
+        })
+        .execute();
+        match result {
+            Ok(()) => log!(
+                "{NAME}: vacuumed session_auth.{table} in {:.3} s",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => log!("{NAME}: VACUUM of session_auth.{table} failed: {e}"),
+        }
+        if BackgroundWorker::sigterm_received() {
+            break;
+        }
     }
 }
 
