@@ -250,6 +250,8 @@ def cmd_table(args):
           f"{int(meta.get('bloat_first_at') or 0):,} rotations, {mb(meta['bloat_size_end'])} "
           f"at the end (peak {mb(meta['bloat_size_peak'])}; sessions / blacklist / events bytes: "
           f"{meta['bloat_size_detail']}). Size by rotations done: {meta.get('bloat_trajectory', 'n/a')}. "
+          f"Session row updates that were HOT: {meta.get('bloat_hot', 'n/a')}; "
+          f"VACUUMs of the extension's tables (worker / autovacuum): {meta.get('bloat_vacuums', 'n/a')}. "
           f"Non-ok answers: {meta['bloat_bad']}.")
     else:
         w(f"Bloat: {meta.get('bloat', 'not run')}.")

@@ -22,7 +22,9 @@ COMMENT ON SCHEMA session_auth IS
 
 -- One row per session (token family). The current token pair and its
 -- superseded parent are digests on the row, so every check is one
--- primary-key probe and a rotation is one row update.
+-- primary-key probe and a rotation is one row update. A rotation changes no
+-- indexed column, and a tenth of every page is kept free, so it is a HOT
+-- update: the new row version goes on the same page and no index changes.
 CREATE TABLE session_auth.sessions (
     session_id            uuid        PRIMARY KEY,
     user_id               text        NOT NULL,
@@ -50,19 +52,21 @@ CREATE TABLE session_auth.sessions (
     -- End of the parent's grace window, fixed by the rotating caller's
     -- refresh_grace; NULL after a reauthentication (no grace then).
     grace_until           timestamptz,
-    -- The current pair's secrets, wrapped under keys only the parent refresh
-    -- token can derive, so a retry within the grace gets the same pair back.
-    -- Erased by the purge once grace_until has passed, and at revocation.
+    -- The current pair's secrets, wrapped under keys derived from the parent
+    -- refresh token and a retry key, so a retry within the grace gets the
+    -- same pair back. Unreadable once the purge erases the retry key (after
+    -- the grace window); cleared at revocation.
     retry_pair            bytea,
     revoked_at            timestamptz,
     revoked_reason        text,
-    -- When every token of this session has expired by its stored deadline.
+    -- Not before this can the session be purged: every token of it expires
+    -- later by its stored deadline. Set at issue; rotations leave it (so
+    -- they stay HOT updates) and the purge moves it up when it passes on a
+    -- session still alive.
     purge_after           timestamptz NOT NULL
-);
+) WITH (fillfactor = 90);
 CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id, created_at);
 CREATE INDEX sessions_purge_after_idx ON session_auth.sessions (purge_after);
-CREATE INDEX sessions_retry_pair_idx ON session_auth.sessions (grace_until)
-    WHERE retry_pair IS NOT NULL;
 COMMENT ON TABLE session_auth.sessions IS
     'One row per session (token family); token digests only, never tokens';
 
@@ -81,6 +85,19 @@ CREATE INDEX blacklist_expires_at_idx ON session_auth.blacklist (expires_at);
 COMMENT ON TABLE session_auth.blacklist IS
     'Superseded and revoked token digests until they would have expired';
 
+-- Keys that wrap retry pairs (sessions.retry_pair). Each backend makes one
+-- when it first rotates and then every 5 seconds; the purge deletes a key
+-- once every grace window it covers is over, which makes every pair wrapped
+-- under it unreadable without touching their rows. Dumped with the
+-- sessions, so a retry within the grace works on a restored copy too.
+CREATE TABLE session_auth.retry_keys (
+    key_id      bigint      PRIMARY KEY,
+    secret      bytea       NOT NULL,
+    erase_after timestamptz NOT NULL
+);
+COMMENT ON TABLE session_auth.retry_keys IS
+    'Keys wrapping the retry pairs of recent rotations, erased after their grace windows';
+
 -- Security events, one row per affected session, no tokens.
 CREATE TABLE session_auth.events (
     event_id    bigserial   PRIMARY KEY,
@@ -98,6 +115,7 @@ COMMENT ON TABLE session_auth.events IS 'Security events, kept for session_auth.
 SELECT pg_catalog.pg_extension_config_dump('session_auth.sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('session_auth.blacklist', '');
 SELECT pg_catalog.pg_extension_config_dump('session_auth.events', '');
+SELECT pg_catalog.pg_extension_config_dump('session_auth.retry_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('session_auth.events_event_id_seq', '');
 
 -- The one role a DBA grants to an application role:

@@ -16,6 +16,7 @@ mod gucs;
 mod jsonb;
 mod probe;
 mod purge;
+mod retry_key;
 mod session;
 mod store;
 mod token;

@@ -1,6 +1,8 @@
 //! Removing what has expired: blacklist entries past `expires_at`, sessions
-//! past `purge_after` (every token of theirs has expired by its stored
-//! deadline, revoked or not), events past `session_auth.event_retention`.
+//! whose every token has expired by its stored deadline, revoked or not
+//! (found by `purge_after`, a lower bound the batch moves up on sessions
+//! still alive), events past `session_auth.event_retention`, and the retry
+//! keys whose grace windows are all over (see `retry_key`).
 //!
 //! One batch removes at most `purge_batch_size` rows of each kind, with
 //! `SKIP LOCKED` so it never waits for a row a refresh holds. The worker runs
@@ -15,13 +17,16 @@ use crate::clock::{statement_now, Micros};
 use crate::gucs;
 use crate::store;
 
-/// Rows removed, per kind. (Erased retry pairs are not counted: nothing
-/// is removed, a column is cleared.)
+/// Rows removed, per kind. (Erased retry keys are not counted: they are
+/// bookkeeping, a handful per backend and minute.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     pub blacklist: u64,
     pub sessions: u64,
     pub events: u64,
+    /// Sessions found due by `purge_after` but still alive, whose
+    /// `purge_after` was moved up to their real deadline.
+    pub sessions_deferred: u64,
 }
 
 impl Removed {
@@ -33,12 +38,15 @@ impl Removed {
         self.blacklist += other.blacklist;
         self.sessions += other.sessions;
         self.events += other.events;
+        self.sessions_deferred += other.sessions_deferred;
     }
 
     /// Whether a batch of `batch_size` came back short on every kind, so
     /// another batch would find nothing more to do.
     pub fn drained(&self, batch_size: u64) -> bool {
-        self.blacklist < batch_size && self.sessions < batch_size && self.events < batch_size
+        self.blacklist < batch_size
+            && self.sessions + self.sessions_deferred < batch_size
+            && self.events < batch_size
     }
 }
 
@@ -52,16 +60,25 @@ pub fn batch(client: &mut SpiClient<'_>, now: Micros, batch_size: i32) -> Remove
     let expired = |client: &mut SpiClient<'_>, stmt, cutoff| {
         store::affected(client, stmt, &[store::ts(cutoff), batch_size.into()])
     };
+    let (sessions, sessions_deferred) = store::run(
+        client,
+        &store::PURGE_SESSIONS,
+        &[store::ts(now), batch_size.into()],
+        |t| {
+            store::first_row(t, |r| {
+                let n = |i| u64::try_from(store::req::<i64>(r, i)).unwrap_or(0);
+                (n(1), n(2))
+            })
+            .unwrap_or((0, 0))
+        },
+    );
     let removed = Removed {
         blacklist: expired(client, &store::PURGE_BLACKLIST, now),
-        sessions: expired(client, &store::PURGE_SESSIONS, now),
+        sessions,
         events: expired(client, &store::PURGE_EVENTS, now.saturating_sub(retention)),
+        sessions_deferred,
     };
-    store::affected(
-        client,
-        &store::PURGE_RETRY_PAIRS,
-        &[store::ts(now), batch_size.into()],
-    );
+    store::run(client, &store::PURGE_RETRY_KEYS, &[store::ts(now)], |_| ());
     removed
 }
 

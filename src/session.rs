@@ -27,6 +27,7 @@ use crate::error;
 use crate::gucs;
 use crate::jsonb::RawJsonb;
 use crate::probe;
+use crate::retry_key;
 use crate::store::{self, SessionRow};
 use crate::token::{self, Kind, Parsed};
 
@@ -362,7 +363,7 @@ fn refresh_locked(
             .unwrap_or_else(|| error::internal("rotate", "the locked row changed"))),
         Presented::Parent if in_grace(&row, now, policy) => {
             // Rule 2: a lost response or a second tab gets the same pair.
-            retry_pair(&row, token, effective).ok_or(Status::Invalid)
+            retry_pair(client, &row, token, effective).ok_or(Status::Invalid)
         }
         Presented::Parent => {
             // Outside the grace a parent past its own deadline is
@@ -396,7 +397,9 @@ fn rotate(
     effective: Effective,
 ) -> Option<Pair> {
     let (access, refresh) = new_pair_secrets();
-    let wrapped = token::wrap_pair(presented_refresh, &access, &refresh);
+    let grace_until = now.saturating_add(policy.refresh_grace);
+    let key = retry_key::for_rotation(client, now, grace_until);
+    let wrapped = token::wrap_pair(presented_refresh, &key, &access, &refresh);
     write_rotation(
         client,
         row,
@@ -473,8 +476,15 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
 
 /// The pair that replaced `parent`, rebuilt from the wrapped secrets, with
 /// the caller's effective deadlines.
-fn retry_pair(row: &SessionRow, parent: &str, effective: Effective) -> Option<Pair> {
-    let (access, refresh) = token::unwrap_pair(parent, row.retry_pair.as_deref()?)?;
+fn retry_pair(
+    client: &mut SpiClient<'_>,
+    row: &SessionRow,
+    parent: &str,
+    effective: Effective,
+) -> Option<Pair> {
+    let wrapped = row.retry_pair.as_deref()?;
+    let key = retry_key::find(client, token::wrapped_key_id(wrapped)?)?;
+    let (access, refresh) = token::unwrap_pair(parent, &key, wrapped)?;
     let access_token = token::encode(Kind::Access, &row.session_id, &access);
     let refresh_token = token::encode(Kind::Refresh, &row.session_id, &refresh);
     // Only the holder of the true parent derives the true pair; check it.

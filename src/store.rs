@@ -173,12 +173,15 @@ pub static LIST_USER: Stmt = Stmt {
     writes: false,
 };
 
+/// Run as a writer for a fresh snapshot, like the row lock before it: an
+/// entry committed by a rotation after the calling statement began must be
+/// seen, or a replayed ancestor would pass for `invalid` instead of reuse.
 pub static FIND_BLACKLISTED: Stmt = Stmt {
     name: "find_blacklisted",
     sql: "SELECT kind, generation, expires_at FROM session_auth.blacklist \
           WHERE digest = $1 AND session_id = $2",
     args: &[T::BYTEAOID, T::UUIDOID],
-    writes: false,
+    writes: true,
 };
 
 pub static INSERT_SESSION: Stmt = Stmt {
@@ -205,6 +208,9 @@ pub static INSERT_SESSION: Stmt = Stmt {
 
 /// Replaces the current pair, keeps the old one as the parent (SET sees the
 /// old values) and puts the old digests on the blacklist, in one statement.
+/// It changes no indexed column (`purge_after` is a lower bound the purge
+/// moves up; see PURGE_SESSIONS), so with the table's free space it is a
+/// HOT update: no new index entries, a fraction of the WAL.
 ///
 /// The row is rotated only if its current refresh digest and generation are
 /// still `$15` and `$12` and it is not revoked: the caller either holds the
@@ -232,8 +238,7 @@ pub static ROTATE: Stmt = Stmt {
               access_digest = $5, access_issued_at = $2, access_expires_at = $6, \
               refresh_digest = $7, refresh_expires_at = $8, last_refreshed_at = $2, \
               authenticated_at = coalesce($9, authenticated_at), \
-              auth_level = greatest(auth_level, coalesce($10, auth_level)), \
-              purge_after = greatest(purge_after, $6, $8) \
+              auth_level = greatest(auth_level, coalesce($10, auth_level)) \
             WHERE session_id = $1 AND refresh_digest = $15 AND generation = $12 \
               AND revoked_at IS NULL \
             RETURNING 1), \
@@ -367,18 +372,54 @@ macro_rules! purge_batch {
 }
 
 pub static PURGE_BLACKLIST: Stmt = purge_batch!("purge_blacklist", "blacklist", "expires_at");
-pub static PURGE_SESSIONS: Stmt = purge_batch!("purge_sessions", "sessions", "purge_after");
+/// One batch of sessions due by `purge_after`, a lower bound of when every
+/// token of the session has expired by its stored deadline: set at issue,
+/// not moved by rotations (which stay HOT updates). The purge deletes the
+/// rows whose tokens have all expired and moves `purge_after` up to the real
+/// deadline on the others, which a later batch finds again when it passes:
+/// one non-HOT update per session per idle period, in the worker, instead of
+/// one per rotation. Returns `(deleted, moved)`.
+pub static PURGE_SESSIONS: Stmt = Stmt {
+    name: "purge_sessions",
+    sql: "WITH due AS MATERIALIZED ( \
+            SELECT ctid, greatest(access_expires_at, refresh_expires_at) < $1 AS expired \
+            FROM session_auth.sessions WHERE purge_after < $1 \
+            ORDER BY purge_after LIMIT $2 FOR UPDATE SKIP LOCKED), \
+          gone AS ( \
+            DELETE FROM session_auth.sessions \
+            WHERE ctid = ANY (ARRAY(SELECT ctid FROM due WHERE expired)) RETURNING 1), \
+          moved AS ( \
+            UPDATE session_auth.sessions \
+            SET purge_after = greatest(access_expires_at, refresh_expires_at) \
+            WHERE ctid = ANY (ARRAY(SELECT ctid FROM due WHERE NOT expired)) RETURNING 1) \
+          SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM moved)",
+    args: &[T::TIMESTAMPTZOID, T::INT4OID],
+    writes: true,
+};
 pub static PURGE_EVENTS: Stmt = purge_batch!("purge_events", "events", "at");
 
-/// Erases wrapped retry pairs whose grace window has passed, so a database
-/// reader holding a superseded refresh token cannot unwrap the live pair.
-pub static PURGE_RETRY_PAIRS: Stmt = Stmt {
-    name: "purge_retry_pairs",
-    sql: "UPDATE session_auth.sessions SET retry_pair = NULL WHERE ctid = ANY (ARRAY( \
-            SELECT ctid FROM session_auth.sessions \
-            WHERE retry_pair IS NOT NULL AND grace_until < $1 \
-            ORDER BY grace_until LIMIT $2 FOR UPDATE SKIP LOCKED))",
-    args: &[T::TIMESTAMPTZOID, T::INT4OID],
+/// Erases the retry keys whose every grace window is over, and with them
+/// every retry pair wrapped under them (see `retry_key`).
+pub static PURGE_RETRY_KEYS: Stmt = Stmt {
+    name: "purge_retry_keys",
+    sql: "DELETE FROM session_auth.retry_keys WHERE erase_after < $1",
+    args: &[T::TIMESTAMPTZOID],
+    writes: true,
+};
+
+pub static INSERT_RETRY_KEY: Stmt = Stmt {
+    name: "insert_retry_key",
+    sql: "INSERT INTO session_auth.retry_keys (key_id, secret, erase_after) VALUES ($1, $2, $3)",
+    args: &[T::INT8OID, T::BYTEAOID, T::TIMESTAMPTZOID],
+    writes: true,
+};
+
+/// Run as a writer for a fresh snapshot: the key may have been committed,
+/// with the rotation that used it, after the calling statement began.
+pub static FIND_RETRY_KEY: Stmt = Stmt {
+    name: "find_retry_key",
+    sql: "SELECT secret FROM session_auth.retry_keys WHERE key_id = $1",
+    args: &[T::INT8OID],
     writes: true,
 };
 

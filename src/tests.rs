@@ -361,7 +361,9 @@ mod tests {
         refresh(&r1);
         // Age everything of this session, as if its deadlines had passed.
         Spi::run(&format!(
-            "UPDATE session_auth.sessions SET purge_after = now() - interval '1 s' \
+            "UPDATE session_auth.sessions SET purge_after = now() - interval '1 s', \
+               access_expires_at = now() - interval '1 s', \
+               refresh_expires_at = now() - interval '1 s' \
              WHERE session_id = '{id}'; \
              UPDATE session_auth.blacklist SET expires_at = now() - interval '1 s' \
              WHERE session_id = '{id}'"
@@ -401,30 +403,78 @@ mod tests {
     }
 
     #[pg_test]
-    fn retry_pairs_are_erased_after_the_grace_and_at_revocation() {
+    fn retry_pairs_become_unreadable_once_their_key_is_erased_and_go_at_revocation() {
         let (id, _, r1) = issue("wrapped");
-        refresh(&r1);
-        let held = |id: &str| -> bool {
+        let (status, _, rotated) = refresh(&r1);
+        assert_eq!(status, "ok");
+        let key_held = |id: &str| -> bool {
             one(&format!(
-                "SELECT retry_pair IS NOT NULL FROM session_auth.sessions WHERE session_id = '{id}'"
+                "SELECT EXISTS (SELECT FROM session_auth.retry_keys k, session_auth.sessions s \
+                 WHERE s.session_id = '{id}' \
+                   AND k.key_id = ('x' || encode(substring(s.retry_pair FROM 1 FOR 8), 'hex'))::bit(64)::bigint)"
             ))
         };
-        assert!(held(&id), "within the grace the retry pair is kept");
+        assert!(key_held(&id), "within the grace the retry key is kept");
         Spi::run("SELECT session_purge()").unwrap();
-        assert!(held(&id), "the purge keeps it while the grace lasts");
-        Spi::run(&format!(
-            "UPDATE session_auth.sessions SET grace_until = now() - interval '1 s' \
-             WHERE session_id = '{id}'"
-        ))
-        .unwrap();
+        assert!(key_held(&id), "the purge keeps it while the grace lasts");
+        let (status, _, again) = refresh(&r1);
+        assert_eq!(
+            (status.as_str(), &again),
+            ("ok", &rotated),
+            "a retry gets the same pair"
+        );
+        Spi::run("UPDATE session_auth.retry_keys SET erase_after = now() - interval '1 s'")
+            .unwrap();
         Spi::run("SELECT session_purge()").unwrap();
-        assert!(!held(&id), "erased once the grace has passed");
+        assert!(!key_held(&id), "erased once its grace windows are over");
+        let wrapped_left: bool = one(&format!(
+            "SELECT retry_pair IS NOT NULL FROM session_auth.sessions WHERE session_id = '{id}'"
+        ));
+        assert!(
+            wrapped_left,
+            "the row is untouched: its pair is unreadable, not cleared"
+        );
+        let (status, _, _) = refresh(&r1);
+        assert_eq!(
+            status, "invalid",
+            "without the key the parent cannot unwrap the pair"
+        );
 
         let (other, _, r) = issue("wrapped2");
         refresh(&r);
-        assert!(held(&other));
         Spi::run(&format!("SELECT session_revoke_id('{other}')")).unwrap();
-        assert!(!held(&other), "erased at revocation");
+        let cleared: bool = one(&format!(
+            "SELECT retry_pair IS NULL FROM session_auth.sessions WHERE session_id = '{other}'"
+        ));
+        assert!(cleared, "cleared at revocation");
+    }
+
+    #[pg_test]
+    fn rotations_are_hot_updates_and_the_purge_moves_purge_after_up() {
+        let (id, _, mut r) = issue("hot");
+        let before: i64 = one("SELECT n_tup_hot_upd FROM pg_stat_xact_user_tables \
+             WHERE schemaname = 'session_auth' AND relname = 'sessions'");
+        for _ in 0..5 {
+            let (status, _, next) = refresh(&r);
+            assert_eq!(status, "ok");
+            r = next.unwrap();
+        }
+        let after: i64 = one("SELECT n_tup_hot_upd FROM pg_stat_xact_user_tables \
+             WHERE schemaname = 'session_auth' AND relname = 'sessions'");
+        assert_eq!(after - before, 5, "every rotation is a HOT update");
+        // A purge_after passed on a live session: moved up, not deleted.
+        Spi::run(&format!(
+            "UPDATE session_auth.sessions SET purge_after = now() - interval '1 s' \
+             WHERE session_id = '{id}'"
+        ))
+        .unwrap();
+        let removed: i64 = one("SELECT session_purge()");
+        assert_eq!(removed, 0);
+        let moved: bool = one(&format!(
+            "SELECT purge_after = greatest(access_expires_at, refresh_expires_at) \
+             FROM session_auth.sessions WHERE session_id = '{id}'"
+        ));
+        assert!(moved, "purge_after is now the session's real deadline");
     }
 
     #[pg_test]

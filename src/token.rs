@@ -135,37 +135,78 @@ pub fn same_digest(presented: &Digest, stored: Option<&[u8]>) -> bool {
     }
 }
 
+/// A key that wraps retry pairs (see `retry_key`): erasing it makes every
+/// pair wrapped under it unreadable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryKey {
+    pub id: i64,
+    pub secret: Secret,
+}
+
+const KEY_ID_LEN: usize = 8;
+const WRAPPED_LEN: usize = KEY_ID_LEN + 2 * SECRET_LEN;
+
 /// The secrets of the pair that replaced a refresh token, wrapped under keys
-/// only that refresh token can derive. A retry with the superseded token
-/// (a lost response, a second tab) unwraps them and answers the very same
-/// pair, without the database ever holding a usable token.
-pub fn wrap_pair(parent_refresh: &str, access: &Secret, refresh: &Secret) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 * SECRET_LEN);
-    out.extend(xor(access, &wrap_key(parent_refresh, b"access")));
-    out.extend(xor(refresh, &wrap_key(parent_refresh, b"refresh")));
+/// derived from that refresh token and a retry key: `key id || access ^ k1
+/// || refresh ^ k2`. A retry with the superseded token (a lost response, a
+/// second tab) unwraps them and answers the very same pair, without the
+/// database ever holding a usable token; once the retry key is erased, not
+/// even the holder of the superseded token can unwrap them.
+pub fn wrap_pair(
+    parent_refresh: &str,
+    key: &RetryKey,
+    access: &Secret,
+    refresh: &Secret,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(WRAPPED_LEN);
+    out.extend(key.id.to_be_bytes());
+    out.extend(xor(
+        access,
+        &wrap_key(parent_refresh, &key.secret, b"access"),
+    ));
+    out.extend(xor(
+        refresh,
+        &wrap_key(parent_refresh, &key.secret, b"refresh"),
+    ));
     out
 }
 
-/// Inverse of [`wrap_pair`]; `None` if the stored value is not a wrapped pair.
-pub fn unwrap_pair(parent_refresh: &str, wrapped: &[u8]) -> Option<(Secret, Secret)> {
-    if wrapped.len() != 2 * SECRET_LEN {
+/// The id of the retry key a wrapped pair needs; `None` if the stored value
+/// is not a wrapped pair.
+pub fn wrapped_key_id(wrapped: &[u8]) -> Option<i64> {
+    if wrapped.len() != WRAPPED_LEN {
+        return None;
+    }
+    let id: [u8; KEY_ID_LEN] = wrapped[..KEY_ID_LEN].try_into().ok()?;
+    Some(i64::from_be_bytes(id))
+}
+
+/// Inverse of [`wrap_pair`]; `None` if the stored value is not a wrapped
+/// pair or was wrapped under another key.
+pub fn unwrap_pair(
+    parent_refresh: &str,
+    key: &RetryKey,
+    wrapped: &[u8],
+) -> Option<(Secret, Secret)> {
+    if wrapped_key_id(wrapped)? != key.id {
         return None;
     }
     let mut access = [0u8; SECRET_LEN];
     let mut refresh = [0u8; SECRET_LEN];
-    access.copy_from_slice(&wrapped[..SECRET_LEN]);
-    refresh.copy_from_slice(&wrapped[SECRET_LEN..]);
+    access.copy_from_slice(&wrapped[KEY_ID_LEN..KEY_ID_LEN + SECRET_LEN]);
+    refresh.copy_from_slice(&wrapped[KEY_ID_LEN + SECRET_LEN..]);
     Some((
-        xor(&access, &wrap_key(parent_refresh, b"access")),
-        xor(&refresh, &wrap_key(parent_refresh, b"refresh")),
+        xor(&access, &wrap_key(parent_refresh, &key.secret, b"access")),
+        xor(&refresh, &wrap_key(parent_refresh, &key.secret, b"refresh")),
     ))
 }
 
-fn wrap_key(parent_refresh: &str, label: &[u8]) -> Secret {
+fn wrap_key(parent_refresh: &str, retry_key: &Secret, label: &[u8]) -> Secret {
     let mut mac = Hmac::<Sha256>::new_from_slice(parent_refresh.as_bytes())
         .expect("HMAC accepts keys of any length");
     mac.update(b"pg_session_auth retry pair ");
     mac.update(label);
+    mac.update(retry_key);
     mac.finalize().into_bytes().into()
 }
 
@@ -236,16 +277,35 @@ mod unit_tests {
     }
 
     #[test]
-    fn wrapped_pair_unwraps_only_with_the_parent() {
+    fn wrapped_pair_unwraps_only_with_the_parent_and_the_key() {
         let (_, _, parent) = sample(Kind::Refresh);
         let (_, _, other) = sample(Kind::Refresh);
+        let key = RetryKey {
+            id: -42,
+            secret: new_secret().unwrap(),
+        };
         let a = new_secret().unwrap();
         let r = new_secret().unwrap();
-        let wrapped = wrap_pair(&parent, &a, &r);
-        assert_ne!(&wrapped[..SECRET_LEN], &a[..]);
-        assert_eq!(unwrap_pair(&parent, &wrapped), Some((a, r)));
-        assert_ne!(unwrap_pair(&other, &wrapped), Some((a, r)));
-        assert_eq!(unwrap_pair(&parent, &wrapped[1..]), None);
+        let wrapped = wrap_pair(&parent, &key, &a, &r);
+        assert_eq!(wrapped_key_id(&wrapped), Some(-42));
+        assert!(!wrapped.windows(SECRET_LEN).any(|w| w == a || w == r));
+        assert_eq!(unwrap_pair(&parent, &key, &wrapped), Some((a, r)));
+        assert_ne!(unwrap_pair(&other, &key, &wrapped), Some((a, r)));
+        let same_id_other_secret = RetryKey {
+            id: -42,
+            secret: new_secret().unwrap(),
+        };
+        assert_ne!(
+            unwrap_pair(&parent, &same_id_other_secret, &wrapped),
+            Some((a, r))
+        );
+        let other_id = RetryKey {
+            id: 7,
+            ..key.clone()
+        };
+        assert_eq!(unwrap_pair(&parent, &other_id, &wrapped), None);
+        assert_eq!(unwrap_pair(&parent, &key, &wrapped[1..]), None);
+        assert_eq!(wrapped_key_id(&wrapped[1..]), None);
     }
 
     #[test]

@@ -66,17 +66,27 @@ def test_a_non_utf8_database_is_refused_with_a_clear_error(connect):
 
 def test_retry_pairs_do_not_outlive_the_grace(connect):
     """A database reader holding a superseded refresh token must not find a
-    wrapped pair to unwrap once the grace window is over."""
+    readable wrapped pair once the grace window is over: the retry key that
+    wraps it is erased by the purge (at most 5 s of key life + the grace)."""
     db = connect()
     db.execute("SET session_auth.refresh_grace = '200ms'")
     s = sa.issue(db, "wrapped")
     sa.refresh(db, s["refresh_token"])
-    held = lambda: db.execute(  # noqa: E731
-        "SELECT retry_pair IS NOT NULL AS h FROM session_auth.sessions WHERE session_id = %s",
-        [s["session_id"]],
+    key = (
+        "FROM session_auth.retry_keys k JOIN session_auth.sessions s "
+        "  ON k.key_id = ('x' || encode(substring(s.retry_pair FROM 1 FOR 8), 'hex'))::bit(64)::bigint "
+        "WHERE s.session_id = %s"
+    )
+    key_held = lambda: db.execute(  # noqa: E731
+        f"SELECT EXISTS (SELECT {key}) AS h", [s["session_id"]]
     ).fetchone()["h"]
-    assert held()
-    time.sleep(0.3)
-    while db.execute("SELECT session_purge() AS n").fetchone()["n"] > 0:
-        pass
-    assert not held()
+    assert key_held()
+    erase_after = db.execute(
+        f"SELECT k.erase_after - now() AS left {key}", [s["session_id"]]
+    ).fetchone()["left"].total_seconds()
+    assert 0 < erase_after <= 5.2 + 0.5, erase_after
+    db.execute("SELECT session_purge()")
+    assert key_held(), "kept while a grace window it covers may last"
+    time.sleep(erase_after + 0.1)
+    db.execute("SELECT session_purge()")
+    assert not key_held(), "erased once every grace window it covers is over"
