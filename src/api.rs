@@ -253,8 +253,10 @@ pub mod session_auth {
 }
 
 /// One cleanup batch in the caller's transaction: at most
-/// `session_auth.purge_batch_size` rows of each kind. Returns rows removed,
-/// so a scheduler calls it until it returns 0.
+/// `session_auth.purge_batch_size` rows of each kind. Returns rows removed
+/// (plus live sessions whose next purge check it moved later, so that the
+/// count is 0 only when nothing is left to do): a scheduler calls it until
+/// it returns 0.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(session_auth, pg_temp)]
 fn session_purge() -> i64 {
@@ -265,9 +267,9 @@ fn session_purge() -> i64 {
             crate::clock::statement_now(),
             crate::purge::batch_size(),
         );
-        if removed.total() > 0 {
+        if removed.done() > 0 {
             crate::purge::record(client, "session_purge", removed, 1, started);
         }
-        i64::try_from(removed.total()).unwrap_or(i64::MAX)
+        i64::try_from(removed.done()).unwrap_or(i64::MAX)
     })
 }

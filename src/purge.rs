@@ -34,6 +34,13 @@ impl Removed {
         self.blacklist + self.sessions + self.events
     }
 
+    /// Rows removed, and sessions whose `purge_after` was moved: what a
+    /// caller of `session_purge()` loops on, since a batch that only moved
+    /// sessions may have left expired ones behind them.
+    pub fn done(&self) -> u64 {
+        self.total() + self.sessions_deferred
+    }
+
     pub fn add(&mut self, other: Removed) {
         self.blacklist += other.blacklist;
         self.sessions += other.sessions;
@@ -60,6 +67,11 @@ pub fn batch(client: &mut SpiClient<'_>, now: Micros, batch_size: i32) -> Remove
     let expired = |client: &mut SpiClient<'_>, stmt, cutoff| {
         store::affected(client, stmt, &[store::ts(cutoff), batch_size.into()])
     };
+    let blacklist = expired(client, &store::PURGE_BLACKLIST, now);
+    let events = expired(client, &store::PURGE_EVENTS, now.saturating_sub(retention));
+    store::run(client, &store::PURGE_RETRY_KEYS, &[store::ts(now)], |_| ());
+    // Last: moving `purge_after` locks live sessions, which a refresh may
+    // want, so those locks are held only until the batch commits, next.
     let (sessions, sessions_deferred) = store::run(
         client,
         &store::PURGE_SESSIONS,
@@ -72,14 +84,12 @@ pub fn batch(client: &mut SpiClient<'_>, now: Micros, batch_size: i32) -> Remove
             .unwrap_or((0, 0))
         },
     );
-    let removed = Removed {
-        blacklist: expired(client, &store::PURGE_BLACKLIST, now),
+    Removed {
+        blacklist,
         sessions,
-        events: expired(client, &store::PURGE_EVENTS, now.saturating_sub(retention)),
+        events,
         sessions_deferred,
-    };
-    store::run(client, &store::PURGE_RETRY_KEYS, &[store::ts(now)], |_| ());
-    removed
+    }
 }
 
 /// Records a pass for `session_auth.stats`; skipped if another pass is

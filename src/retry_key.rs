@@ -9,8 +9,9 @@
 //! rotation a non-HOT update (new entries in every index of the table).
 //!
 //! Instead the pair is also wrapped under a retry key from
-//! `session_auth.retry_keys`, and the purge deletes each key once every grace
-//! window it covers is over: erasing one key makes all the pairs wrapped
+//! `session_auth.retry_keys`, and the purge deletes each key a minute after
+//! every grace window it covers is over (`ERASE_MARGIN`): erasing one key
+//! makes all the pairs wrapped
 //! under it unreadable at once. A backend creates a key the first time it
 //! rotates and then every `KEY_LIFETIME` (5 s), so keys are few (backends that
 //! rotate × erase window / lifetime) and cost one small insert per backend
@@ -37,13 +38,18 @@ use crate::token::{self, RetryKey};
 /// How long a backend keeps wrapping with one key.
 const KEY_LIFETIME: Micros = 5_000_000;
 
+/// How long a key outlives the grace windows it covers. A retry is judged
+/// in its grace by its statement's time, but may have waited for the
+/// rotating transaction to commit before it reads the key; this covers
+/// such a wait, and clock reads of different processes.
+const ERASE_MARGIN: Micros = 60_000_000;
+
 struct Cached {
     key: RetryKey,
     /// Rotations at or after this instant make a new key.
     usable_until: Micros,
-    /// When the purge may erase the key: after every grace window of the
-    /// pairs wrapped under it.
-    erase_after: Micros,
+    /// The latest end of a grace window the key may cover.
+    covers_until: Micros,
     /// The (sub)transaction that inserted the key row.
     xid: pg_sys::TransactionId,
 }
@@ -59,7 +65,7 @@ pub fn for_rotation(client: &mut SpiClient<'_>, now: Micros, grace_until: Micros
     let reusable = CURRENT.with(|c| {
         c.borrow()
             .as_ref()
-            .filter(|c| now < c.usable_until && grace_until <= c.erase_after && visible(c.xid))
+            .filter(|c| now < c.usable_until && grace_until <= c.covers_until && visible(c.xid))
             .map(|c| c.key.clone())
     });
     if let Some(key) = reusable {
@@ -72,7 +78,8 @@ pub fn for_rotation(client: &mut SpiClient<'_>, now: Micros, grace_until: Micros
     let usable_until = now.saturating_add(KEY_LIFETIME);
     // Later rotations with this key have a grace of at most this one's
     // (otherwise they make a new key), so their windows end by then.
-    let erase_after = usable_until.saturating_add(grace_until.saturating_sub(now));
+    let covers_until = usable_until.saturating_add(grace_until.saturating_sub(now));
+    let erase_after = covers_until.saturating_add(ERASE_MARGIN);
     store::run(
         client,
         &store::INSERT_RETRY_KEY,
@@ -89,7 +96,7 @@ pub fn for_rotation(client: &mut SpiClient<'_>, now: Micros, grace_until: Micros
         *c.borrow_mut() = Some(Cached {
             key: key.clone(),
             usable_until,
-            erase_after,
+            covers_until,
             xid,
         })
     });

@@ -399,7 +399,8 @@ fn rotate(
     let (access, refresh) = new_pair_secrets();
     let grace_until = now.saturating_add(policy.refresh_grace);
     let key = retry_key::for_rotation(client, now, grace_until);
-    let wrapped = token::wrap_pair(presented_refresh, &key, &access, &refresh);
+    let nonce = fresh(token::new_nonce());
+    let wrapped = token::wrap_pair(presented_refresh, &key, &nonce, &access, &refresh);
     write_rotation(
         client,
         row,

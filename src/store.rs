@@ -402,7 +402,9 @@ pub static PURGE_EVENTS: Stmt = purge_batch!("purge_events", "events", "at");
 /// every retry pair wrapped under them (see `retry_key`).
 pub static PURGE_RETRY_KEYS: Stmt = Stmt {
     name: "purge_retry_keys",
-    sql: "DELETE FROM session_auth.retry_keys WHERE erase_after < $1",
+    sql: "DELETE FROM session_auth.retry_keys WHERE key_id = ANY (ARRAY( \
+            SELECT key_id FROM session_auth.retry_keys WHERE erase_after < $1 \
+            FOR UPDATE SKIP LOCKED))",
     args: &[T::TIMESTAMPTZOID],
     writes: true,
 };

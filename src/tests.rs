@@ -468,8 +468,17 @@ mod tests {
              WHERE session_id = '{id}'"
         ))
         .unwrap();
-        let removed: i64 = one("SELECT session_purge()");
-        assert_eq!(removed, 0);
+        let done: i64 = one("SELECT session_purge()");
+        assert_eq!(
+            done, 1,
+            "nothing removed, one session rescheduled: not done yet"
+        );
+        let again: i64 = one("SELECT session_purge()");
+        assert_eq!(again, 0, "now done");
+        let kept: i64 = one(&format!(
+            "SELECT count(*) FROM session_auth.sessions WHERE session_id = '{id}'"
+        ));
+        assert_eq!(kept, 1);
         let moved: bool = one(&format!(
             "SELECT purge_after = greatest(access_expires_at, refresh_expires_at) \
              FROM session_auth.sessions WHERE session_id = '{id}'"

@@ -144,29 +144,42 @@ pub struct RetryKey {
 }
 
 const KEY_ID_LEN: usize = 8;
-const WRAPPED_LEN: usize = KEY_ID_LEN + 2 * SECRET_LEN;
+pub const NONCE_LEN: usize = 16;
+pub type Nonce = [u8; NONCE_LEN];
+const WRAPPED_LEN: usize = KEY_ID_LEN + NONCE_LEN + 2 * SECRET_LEN;
+
+/// A fresh nonce for [`wrap_pair`].
+pub fn new_nonce() -> Result<Nonce, rand::Error> {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.try_fill_bytes(&mut nonce)?;
+    Ok(nonce)
+}
 
 /// The secrets of the pair that replaced a refresh token, wrapped under keys
-/// derived from that refresh token and a retry key: `key id || access ^ k1
-/// || refresh ^ k2`. A retry with the superseded token (a lost response, a
-/// second tab) unwraps them and answers the very same pair, without the
-/// database ever holding a usable token; once the retry key is erased, not
-/// even the holder of the superseded token can unwrap them.
+/// derived from that refresh token, a retry key and a per-rotation nonce:
+/// `key id || nonce || access ^ k1 || refresh ^ k2`. A retry with the
+/// superseded token (a lost response, a second tab) unwraps them and answers
+/// the very same pair, without the database ever holding a usable token;
+/// once the retry key is erased, not even the holder of the superseded token
+/// can unwrap them. The nonce keeps two wrappings under one token and key
+/// (a rotation rolled back, then retried) from sharing a pad.
 pub fn wrap_pair(
     parent_refresh: &str,
     key: &RetryKey,
+    nonce: &Nonce,
     access: &Secret,
     refresh: &Secret,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(WRAPPED_LEN);
     out.extend(key.id.to_be_bytes());
+    out.extend(nonce);
     out.extend(xor(
         access,
-        &wrap_key(parent_refresh, &key.secret, b"access"),
+        &wrap_key(parent_refresh, key, nonce, b"access"),
     ));
     out.extend(xor(
         refresh,
-        &wrap_key(parent_refresh, &key.secret, b"refresh"),
+        &wrap_key(parent_refresh, key, nonce, b"refresh"),
     ));
     out
 }
@@ -191,22 +204,26 @@ pub fn unwrap_pair(
     if wrapped_key_id(wrapped)? != key.id {
         return None;
     }
-    let mut access = [0u8; SECRET_LEN];
-    let mut refresh = [0u8; SECRET_LEN];
-    access.copy_from_slice(&wrapped[KEY_ID_LEN..KEY_ID_LEN + SECRET_LEN]);
-    refresh.copy_from_slice(&wrapped[KEY_ID_LEN + SECRET_LEN..]);
+    let (nonce, rest) = wrapped[KEY_ID_LEN..].split_at(NONCE_LEN);
+    let nonce: Nonce = nonce.try_into().ok()?;
+    let (access, refresh) = rest.split_at(SECRET_LEN);
+    let access: Secret = access.try_into().ok()?;
+    let refresh: Secret = refresh.try_into().ok()?;
     Some((
-        xor(&access, &wrap_key(parent_refresh, &key.secret, b"access")),
-        xor(&refresh, &wrap_key(parent_refresh, &key.secret, b"refresh")),
+        xor(&access, &wrap_key(parent_refresh, key, &nonce, b"access")),
+        xor(&refresh, &wrap_key(parent_refresh, key, &nonce, b"refresh")),
     ))
 }
 
-fn wrap_key(parent_refresh: &str, retry_key: &Secret, label: &[u8]) -> Secret {
+/// HMAC-SHA-256 keyed with the parent refresh token over fixed-length
+/// fields (label last), so no two inputs can run into each other.
+fn wrap_key(parent_refresh: &str, key: &RetryKey, nonce: &Nonce, label: &[u8]) -> Secret {
     let mut mac = Hmac::<Sha256>::new_from_slice(parent_refresh.as_bytes())
         .expect("HMAC accepts keys of any length");
     mac.update(b"pg_session_auth retry pair ");
+    mac.update(&key.secret);
+    mac.update(nonce);
     mac.update(label);
-    mac.update(retry_key);
     mac.finalize().into_bytes().into()
 }
 
@@ -286,8 +303,15 @@ mod unit_tests {
         };
         let a = new_secret().unwrap();
         let r = new_secret().unwrap();
-        let wrapped = wrap_pair(&parent, &key, &a, &r);
+        let nonce = new_nonce().unwrap();
+        let wrapped = wrap_pair(&parent, &key, &nonce, &a, &r);
         assert_eq!(wrapped_key_id(&wrapped), Some(-42));
+        let rewrapped = wrap_pair(&parent, &key, &new_nonce().unwrap(), &a, &r);
+        assert_ne!(
+            wrapped[8 + NONCE_LEN..],
+            rewrapped[8 + NONCE_LEN..],
+            "another nonce, another pad"
+        );
         assert!(!wrapped.windows(SECRET_LEN).any(|w| w == a || w == r));
         assert_eq!(unwrap_pair(&parent, &key, &wrapped), Some((a, r)));
         assert_ne!(unwrap_pair(&other, &key, &wrapped), Some((a, r)));

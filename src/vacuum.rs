@@ -10,10 +10,10 @@
 //!
 //! VACUUM cannot run through SPI (it refuses to run inside a function), so
 //! the worker calls it as a top-level command, outside any transaction
-//! block, the way autovacuum does. It runs with `SKIP_LOCKED` (a table that
-//! autovacuum or a DBA is vacuuming is skipped, nobody waits) and with
-//! autovacuum's cost-based delay, so it never competes hard with the hot
-//! path; it takes no lock that blocks reads or writes of the table.
+//! block, as a client's VACUUM runs. It runs with `SKIP_LOCKED` (a table
+//! that autovacuum or a DBA is vacuuming is skipped, nobody waits),
+//! `TRUNCATE false` and autovacuum's cost-based delay, so it never competes
+//! hard with the hot path and takes no lock that blocks reads or writes.
 
 use pgrx::prelude::*;
 use pgrx::PgList;
@@ -28,15 +28,22 @@ pub const DUE_SQL: &str = "SELECT c.relname::text FROM pg_catalog.pg_class c \
           >= greatest(1000, 0.1 * greatest(c.reltuples, 0)) \
     ORDER BY c.relname";
 
-/// The VACUUM statement for one of the extension's tables, or `None` for
-/// any other name (only these three are ever vacuumed).
-pub fn statement(table: &str) -> Option<&'static std::ffi::CStr> {
-    match table {
-        "blacklist" => Some(c"VACUUM (SKIP_LOCKED) session_auth.blacklist"),
-        "sessions" => Some(c"VACUUM (SKIP_LOCKED) session_auth.sessions"),
-        "events" => Some(c"VACUUM (SKIP_LOCKED) session_auth.events"),
-        _ => None,
+/// One VACUUM statement for the due tables among the extension's own, or
+/// `None` if there are none (any other name is ignored). `TRUNCATE false`:
+/// giving the end of a table back to the OS would take an ACCESS EXCLUSIVE
+/// lock (briefly blocking validate, and replayed on standbys), and the
+/// space is about to be reused anyway.
+pub fn statement(due: &[String]) -> Option<std::ffi::CString> {
+    let tables: Vec<String> = due
+        .iter()
+        .filter(|t| matches!(t.as_str(), "blacklist" | "sessions" | "events"))
+        .map(|t| format!("session_auth.{t}"))
+        .collect();
+    if tables.is_empty() {
+        return None;
     }
+    let sql = format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {}", tables.join(", "));
+    std::ffi::CString::new(sql).ok()
 }
 
 thread_local! {
@@ -91,7 +98,14 @@ pub unsafe fn run_top_level(sql: &std::ffi::CStr) {
         // VACUUM keeps its working memory under PortalContext, which a
         // background worker has none of.
         pg_sys::PortalContext = cx;
+        // A VACUUM can run for a while (cost-delayed, on a large table), and
+        // the worker's own SIGTERM handler only sets a flag it checks between
+        // batches: while VACUUM runs, SIGTERM ends the process at VACUUM's
+        // next interrupt check, as it would end any backend's.
+        let worker_handler = pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+        WORKER_SIGTERM.with(|h| h.set(worker_handler));
         pg_sys::ExecVacuum(pstate, stmt, true);
+        restore_sigterm();
         pg_sys::PortalContext = std::ptr::null_mut();
         pg_sys::CommitTransactionCommand();
         pg_sys::MemoryContextReset(cx);
@@ -107,5 +121,25 @@ pub unsafe fn after_error() {
     unsafe {
         pg_sys::PortalContext = std::ptr::null_mut();
         pg_sys::MemoryContextReset(context());
+    }
+    restore_sigterm();
+}
+
+unsafe extern "C-unwind" {
+    /// PostgreSQL's own SIGTERM handler for backends (sets ProcDiePending
+    /// and the latch), the raw symbol: a signal handler must not go through
+    /// pgrx's guarded wrapper.
+    fn die(signal: std::ffi::c_int);
+}
+
+thread_local! {
+    /// The worker's SIGTERM handler while `die` stands in for it.
+    static WORKER_SIGTERM: std::cell::Cell<pg_sys::pqsigfunc> = const { std::cell::Cell::new(None) };
+}
+
+fn restore_sigterm() {
+    if let Some(handler) = WORKER_SIGTERM.with(|h| h.take()) {
+        // SAFETY: reinstalls the handler pqsignal returned.
+        unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(handler)) };
     }
 }
