@@ -37,6 +37,11 @@ pub fn internal(what: &str, err: impl std::fmt::Display) -> ! {
     );
 }
 
+/// The value read from the OS random source, or an internal error.
+pub fn fresh<T>(r: Result<T, rand::Error>) -> T {
+    r.unwrap_or_else(|e| internal("reading the OS random source", e))
+}
+
 pub const MAX_USER_ID_BYTES: usize = 256;
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
 

@@ -27,11 +27,9 @@ use std::cell::RefCell;
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use rand::rngs::OsRng;
-use rand::RngCore;
 
 use crate::clock::Micros;
-use crate::error;
+use crate::error::fresh;
 use crate::store;
 use crate::token::{self, RetryKey};
 
@@ -72,7 +70,7 @@ pub fn for_rotation(client: &mut SpiClient<'_>, now: Micros, grace_until: Micros
         return key;
     }
     let key = RetryKey {
-        id: fresh(new_key_id()),
+        id: fresh(token::new_key_id()),
         secret: fresh(token::new_secret()),
     };
     let usable_until = now.saturating_add(KEY_LIFETIME);
@@ -120,14 +118,4 @@ fn visible(xid: pg_sys::TransactionId) -> bool {
     unsafe {
         pg_sys::TransactionIdIsCurrentTransactionId(xid) || pg_sys::TransactionIdDidCommit(xid)
     }
-}
-
-fn new_key_id() -> Result<i64, rand::Error> {
-    let mut id = [0u8; 8];
-    OsRng.try_fill_bytes(&mut id)?;
-    Ok(i64::from_be_bytes(id))
-}
-
-fn fresh<T>(r: Result<T, rand::Error>) -> T {
-    r.unwrap_or_else(|e| error::internal("reading the OS random source", e))
 }

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::backstop;
 use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
-use crate::error;
+use crate::error::{self, fresh};
 use crate::gucs;
 use crate::jsonb::RawJsonb;
 use crate::probe;
@@ -94,10 +94,6 @@ enum Presented {
         generation: i32,
         expires_at: Micros,
     },
-}
-
-fn fresh<T>(r: Result<T, rand::Error>) -> T {
-    r.unwrap_or_else(|e| error::internal("reading the OS random source", e))
 }
 
 fn new_pair_secrets() -> (token::Secret, token::Secret) {
@@ -410,7 +406,7 @@ fn rotate(
             absolute: effective.absolute,
             access,
             refresh,
-            retry_pair: Some(wrapped),
+            retry: Some((wrapped, grace_until)),
             reauth: None,
         },
     )
@@ -422,8 +418,9 @@ struct Rotation<'a> {
     absolute: Micros,
     access: token::Secret,
     refresh: token::Secret,
-    /// `Some` for a refresh (grace applies), `None` for a reauthentication.
-    retry_pair: Option<Vec<u8>>,
+    /// For a refresh, the wrapped pair and the end of its grace window;
+    /// `None` for a reauthentication (no grace).
+    retry: Option<(Vec<u8>, Micros)>,
     /// The level a reauthentication asks for (`Some(None)`: keep the level).
     reauth: Option<Option<i32>>,
 }
@@ -439,11 +436,7 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
     } else {
         "superseded"
     };
-    // A reauthentication leaves no grace (NULL).
-    let grace_until = r
-        .retry_pair
-        .is_some()
-        .then(|| r.now.saturating_add(r.policy.refresh_grace));
+    let (retry_pair, grace_until) = r.retry.unzip();
     let rotated = store::affected(
         client,
         &store::ROTATE,
@@ -451,7 +444,7 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
             store::uuid(&row.session_id),
             store::ts(r.now),
             store::opt_ts(grace_until),
-            r.retry_pair.as_deref().into(),
+            retry_pair.as_deref().into(),
             store::bytes(&token::digest(&access_token)),
             store::ts(deadlines.access_expires_at),
             store::bytes(&token::digest(&refresh_token)),
@@ -688,7 +681,7 @@ pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pa
                 absolute,
                 access,
                 refresh,
-                retry_pair: None,
+                retry: None,
                 reauth: Some(auth_level),
             },
         )

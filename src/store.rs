@@ -21,8 +21,10 @@ pub struct Stmt {
     pub name: &'static str,
     pub sql: &'static str,
     pub args: &'static [T],
-    /// Read-only statements run with the caller's snapshot (validate is
-    /// STABLE); writers take a fresh one and may lock.
+    /// Writers always take a fresh snapshot (READ COMMITTED) and may lock.
+    /// Read-only statements run read-only: on the caller's snapshot while
+    /// the transaction has written nothing (validate is STABLE), on a fresh
+    /// one after that (pgrx's rule).
     pub writes: bool,
 }
 

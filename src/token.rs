@@ -65,16 +65,20 @@ pub struct Parsed {
 }
 
 /// Fresh random bytes from the OS. Failure to read the OS source is not
-/// something to paper over: the caller turns it into an error.
+/// something to paper over: the caller turns it into an error
+/// (`error::fresh`).
+fn random_bytes<const N: usize>() -> Result<[u8; N], rand::Error> {
+    let mut bytes = [0u8; N];
+    OsRng.try_fill_bytes(&mut bytes)?;
+    Ok(bytes)
+}
+
 pub fn new_secret() -> Result<Secret, rand::Error> {
-    let mut secret = [0u8; SECRET_LEN];
-    OsRng.try_fill_bytes(&mut secret)?;
-    Ok(secret)
+    random_bytes()
 }
 
 pub fn new_session_key() -> Result<SessionKey, rand::Error> {
-    let mut key = [0u8; SESSION_ID_LEN];
-    OsRng.try_fill_bytes(&mut key)?;
+    let mut key: SessionKey = random_bytes()?;
     // RFC 4122 version 4, variant 1, so the id reads as an ordinary uuid.
     key[6] = (key[6] & 0x0f) | 0x40;
     key[8] = (key[8] & 0x3f) | 0x80;
@@ -150,9 +154,12 @@ const WRAPPED_LEN: usize = KEY_ID_LEN + NONCE_LEN + 2 * SECRET_LEN;
 
 /// A fresh nonce for [`wrap_pair`].
 pub fn new_nonce() -> Result<Nonce, rand::Error> {
-    let mut nonce = [0u8; NONCE_LEN];
-    OsRng.try_fill_bytes(&mut nonce)?;
-    Ok(nonce)
+    random_bytes()
+}
+
+/// A fresh id for a [`RetryKey`].
+pub fn new_key_id() -> Result<i64, rand::Error> {
+    random_bytes().map(i64::from_be_bytes)
 }
 
 /// The secrets of the pair that replaced a refresh token, wrapped under keys

@@ -197,8 +197,7 @@ fn vacuum_due() {
         Err(describe(&error))
     })
     .execute();
-    let tables: Vec<String> = due.iter().map(|t| format!("session_auth.{t}")).collect();
-    let tables = tables.join(", ");
+    let tables = due.join(", ");
     match result {
         Ok(()) => log!(
             "{NAME}: vacuumed {tables} in {:.3} s",
