@@ -132,11 +132,11 @@ def cmd_table(args):
       f"{int(meta.get('wall', '0')) % 60} s.")
     w("")
     w(f"Server: {meta.get('settings', '?').strip()}.  ")
-    w(f"pgbench {meta.get('pgbench', '?')}. Every transaction first reads a pre-issued token "
-      "from a lookup table by a uniformly drawn id (the same for every system), then makes the "
-      "call with the token as a bind parameter; refresh clients own disjoint families and store "
-      "the rotated pair back in the same statement. Latencies are per pgbench transaction "
-      "(both statements), nearest-rank percentiles of the per-transaction logs.")
+    w(f"pgbench {meta.get('pgbench', '?')}. Every transaction is one statement that reads a "
+      "pre-issued token from a lookup table by a uniformly drawn id (the same for every system) "
+      "and makes the call with it; refresh clients own disjoint families and store the rotated "
+      "pair back in that statement. Latencies are per pgbench transaction, nearest-rank "
+      "percentiles of the per-transaction logs.")
     w("")
     w("- **ext**: the extension (`session_validate`, `session_refresh`, `session_issue`).")
     w("- **floor**: one primary-key probe of a SHA-256 digest in an indexed table of the same "

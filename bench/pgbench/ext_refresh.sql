@@ -1,8 +1,10 @@
--- ext: rotate a uniformly drawn family of this client's own (ids are partitioned by client_id), storing the new pair back.
+-- ext: rotate a uniformly drawn family of this client's own (ids are
+-- partitioned by client_id): the refresh token read from the lookup table,
+-- rotated, and the new pair stored back, in one statement.
 \set per :n / :clients
 \set id 1 + :client_id * :per + random(0, :per - 1)
-SELECT refresh AS tok FROM bench.tokens WHERE id = :id \gset
-WITH r AS (SELECT * FROM session_refresh(:tok)),
+WITH r AS (SELECT r.* FROM bench.tokens t, LATERAL session_refresh(t.refresh) r
+            WHERE t.id = :id),
      u AS (UPDATE bench.tokens t SET access = r.access_token, refresh = r.refresh_token
              FROM r WHERE t.id = :id AND r.status = 'ok')
 SELECT status, (status = 'ok')::int AS ok FROM r \gset

@@ -1,10 +1,12 @@
 -- floor: a one-row UPDATE by token digest, with the same client-side work
--- as the refresh scripts (its own families, the token stored back).
+-- as the refresh scripts (its own families; the token read from the lookup
+-- table and stored back, in one statement).
 \set per :n / :clients
 \set id 1 + :client_id * :per + random(0, :per - 1)
-SELECT access AS tok FROM bench.floor_tokens WHERE id = :id \gset
-WITH r AS (UPDATE bench.floor SET expires_at = statement_timestamp() + interval '2 hours'
-            WHERE digest = sha256(convert_to(:tok, 'UTF8')) RETURNING 'ok'::text AS status),
+WITH r AS (UPDATE bench.floor f SET expires_at = statement_timestamp() + interval '2 hours'
+             FROM bench.floor_tokens t
+            WHERE t.id = :id AND f.digest = sha256(convert_to(t.access, 'UTF8'))
+           RETURNING 'ok'::text AS status),
      u AS (UPDATE bench.floor_tokens t SET refresh = t.refresh FROM r WHERE t.id = :id)
 SELECT status, (status = 'ok')::int AS ok FROM r \gset
 \if :ok = 0
