@@ -20,35 +20,26 @@ use pgrx::PgList;
 
 /// Tables of the extension with enough dead row versions to be worth a
 /// VACUUM now: a tenth of the table and at least 1000, by the cumulative
-/// statistics (which lag a second or so).
-pub const DUE_SQL: &str = "SELECT 'session_auth.' || c.relname FROM pg_catalog.pg_class c \
+/// statistics (which lag a second or so). Names come back qualified and
+/// quoted (`quote_ident`), ready to be spliced into a VACUUM.
+pub const DUE_SQL: &str = "SELECT pg_catalog.quote_ident(n.nspname) || '.' || \
+      pg_catalog.quote_ident(c.relname) FROM pg_catalog.pg_class c \
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
     WHERE n.nspname = 'session_auth' AND c.relname IN ('blacklist', 'sessions', 'events') \
       AND pg_catalog.pg_stat_get_dead_tuples(c.oid) \
           >= greatest(1000, 0.1 * greatest(c.reltuples, 0)) \
     ORDER BY c.relname";
 
-/// One VACUUM statement for the due tables (qualified names, as `DUE_SQL`
-/// gives them), or `None` if there are none; any name but the extension's
-/// three tables is ignored. `TRUNCATE false`:
-/// giving the end of a table back to the OS would take an ACCESS EXCLUSIVE
-/// lock (briefly blocking validate, and replayed on standbys), and the
-/// space is about to be reused anyway.
+/// One VACUUM statement for the due tables (as `DUE_SQL` gives them:
+/// the extension's own, quoted), or `None` if there are none. `TRUNCATE
+/// false`: giving the end of a table back to the OS would take an ACCESS
+/// EXCLUSIVE lock (briefly blocking validate, and replayed on standbys), and
+/// the space is about to be reused anyway.
 pub fn statement(due: &[String]) -> Option<std::ffi::CString> {
-    const OURS: [&str; 3] = [
-        "session_auth.blacklist",
-        "session_auth.sessions",
-        "session_auth.events",
-    ];
-    let tables: Vec<&str> = due
-        .iter()
-        .map(String::as_str)
-        .filter(|t| OURS.contains(t))
-        .collect();
-    if tables.is_empty() {
+    if due.is_empty() {
         return None;
     }
-    let sql = format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {}", tables.join(", "));
+    let sql = format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {}", due.join(", "));
     std::ffi::CString::new(sql).ok()
 }
 
