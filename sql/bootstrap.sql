@@ -2,9 +2,14 @@
 --
 -- Token and user-id handling assumes UTF-8 text: refuse other encodings
 -- with a clear message rather than fail later on odd bytes.
+--
+-- Everything in this script is schema-qualified, operators included
+-- (OPERATOR(pg_catalog.x)): CREATE EXTENSION runs as a superuser with the
+-- target schema in its search_path, where another role may have created
+-- look-alike operators or functions.
 DO $$
 BEGIN
-    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+    IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8'::pg_catalog.name THEN
         RAISE EXCEPTION 'pg_session_auth requires a UTF8 database, not %',
             pg_catalog.getdatabaseencoding()
             USING ERRCODE = '0A000',
@@ -52,18 +57,18 @@ CREATE TABLE session_auth.sessions (
     -- End of the parent's grace window, fixed by the rotating caller's
     -- refresh_grace; NULL after a reauthentication (no grace then).
     grace_until           timestamptz,
-    -- The current pair's secrets, wrapped under keys derived from the parent
-    -- refresh token and a retry key, so a retry within the grace gets the
-    -- same pair back. Unreadable once the purge erases the retry key (after
-    -- the grace window); cleared at revocation.
-    retry_pair            bytea,
     revoked_at            timestamptz,
     revoked_reason        text,
     -- Not before this can the session be purged: every token of it expires
     -- later by its stored deadline. Set at issue; rotations leave it (so
     -- they stay HOT updates) and the purge moves it up when it passes on a
     -- session still alive.
-    purge_after           timestamptz NOT NULL
+    purge_after           timestamptz NOT NULL,
+    -- The retry key the current pair was derived with, from the parent
+    -- refresh token (src/retry_pair.rs): a retry within the grace derives the
+    -- same pair again. NULL after an issue, a reauthentication or a
+    -- revocation. Nothing about the pair itself is stored.
+    retry_key_id          bigint
 ) WITH (fillfactor = 90);
 CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id, created_at);
 CREATE INDEX sessions_purge_after_idx ON session_auth.sessions (purge_after);
@@ -85,18 +90,31 @@ CREATE INDEX blacklist_expires_at_idx ON session_auth.blacklist (expires_at);
 COMMENT ON TABLE session_auth.blacklist IS
     'Superseded and revoked token digests until they would have expired';
 
--- Keys that wrap retry pairs (sessions.retry_pair). Each backend makes one
--- when it first rotates and then every 5 seconds; the purge deletes a key
--- once every grace window it covers is over, which makes every pair wrapped
--- under it unreadable without touching their rows. Dumped with the
--- sessions, so a retry within the grace works on a restored copy too.
-CREATE TABLE session_auth.retry_keys (
+-- Keys that salt the derivation of refreshed pairs (src/retry_pair.rs).
+-- Each backend makes one when it first rotates and then every second; a
+-- key is erased a few seconds after the last grace window it covers, and
+-- then no pair derived with it can be derived again. UNLOGGED, and not
+-- registered for pg_dump: no WAL record, base backup, standby or dump ever
+-- holds a key, so none of them, with a superseded token, rebuilds a pair
+-- later. (A crash, a restore or a failover therefore ends the retries of
+-- the last few seconds' rotations: they answer 'expired'.)
+CREATE UNLOGGED TABLE session_auth.retry_keys (
     key_id      bigint      PRIMARY KEY,
-    secret      bytea       NOT NULL,
+    secret      bytea       NOT NULL CHECK (pg_catalog.octet_length(secret) OPERATOR(pg_catalog.=) 32),
     erase_after timestamptz NOT NULL
 );
 COMMENT ON TABLE session_auth.retry_keys IS
-    'Keys wrapping the retry pairs of recent rotations, erased after their grace windows';
+    'Short-lived keys of recent rotations'' retry pairs; never logged or dumped';
+
+-- What logins of one user lock while max_sessions_per_user applies: one of
+-- 1024 rows, by a hash of the user id. A row lock in a private table, not an
+-- advisory lock: advisory locks are open to every role that can connect.
+CREATE TABLE session_auth.login_locks (
+    slot int PRIMARY KEY
+);
+INSERT INTO session_auth.login_locks SELECT pg_catalog.generate_series(0, 1023);
+COMMENT ON TABLE session_auth.login_locks IS
+    'Row locks that serialise one user''s logins under a session cap';
 
 -- Security events, one row per affected session, no tokens.
 CREATE TABLE session_auth.events (
@@ -115,7 +133,6 @@ COMMENT ON TABLE session_auth.events IS 'Security events, kept for session_auth.
 SELECT pg_catalog.pg_extension_config_dump('session_auth.sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('session_auth.blacklist', '');
 SELECT pg_catalog.pg_extension_config_dump('session_auth.events', '');
-SELECT pg_catalog.pg_extension_config_dump('session_auth.retry_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('session_auth.events_event_id_seq', '');
 
 -- The one role a DBA grants to an application role:
@@ -123,7 +140,8 @@ SELECT pg_catalog.pg_extension_config_dump('session_auth.events_event_id_seq', '
 -- Roles are cluster-wide, so a second database reuses it.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'session_auth_client') THEN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                   WHERE rolname OPERATOR(pg_catalog.=) 'session_auth_client'::pg_catalog.name) THEN
         CREATE ROLE session_auth_client NOLOGIN;
         COMMENT ON ROLE session_auth_client IS
             'pg_session_auth: may call the session_* functions, nothing else';
@@ -150,19 +168,19 @@ INSERT INTO session_auth.purge_status DEFAULT VALUES;
 -- for people, not for a hot path.
 CREATE VIEW session_auth.stats AS
 SELECT
-    (SELECT count(*) FROM session_auth.sessions
+    (SELECT pg_catalog.count(*) FROM session_auth.sessions
       WHERE revoked_at IS NULL
         AND least(refresh_expires_at, absolute_expires_at) > pg_catalog.statement_timestamp())
         AS live_sessions,
-    (SELECT count(*) FROM session_auth.sessions WHERE revoked_at IS NOT NULL)
+    (SELECT pg_catalog.count(*) FROM session_auth.sessions WHERE revoked_at IS NOT NULL)
         AS revoked_sessions,
-    (SELECT count(*) FROM session_auth.sessions
+    (SELECT pg_catalog.count(*) FROM session_auth.sessions
       WHERE revoked_at IS NULL
         AND least(refresh_expires_at, absolute_expires_at) <= pg_catalog.statement_timestamp())
         AS expired_sessions,
-    (SELECT count(*) FROM session_auth.blacklist) AS blacklist_entries,
+    (SELECT pg_catalog.count(*) FROM session_auth.blacklist) AS blacklist_entries,
     (SELECT coalesce(pg_catalog.jsonb_object_agg(event, n), '{}'::jsonb)
-       FROM (SELECT event, count(*) AS n FROM session_auth.events
+       FROM (SELECT event, pg_catalog.count(*) AS n FROM session_auth.events
               WHERE at > pg_catalog.statement_timestamp() - interval '1 hour'
               GROUP BY event) AS e)
         AS events_last_hour,

@@ -18,6 +18,7 @@ use pgrx::Uuid;
 use crate::jsonb::RawJsonb;
 
 use crate::error;
+use crate::ids::SessionId;
 use crate::session::{self, Pair, Status};
 use crate::store::to_timestamptz;
 
@@ -25,7 +26,7 @@ type PairRow = (Uuid, String, Tstz, String, Tstz);
 
 fn pair_row(p: Pair) -> PairRow {
     (
-        Uuid::from_bytes(p.session_id),
+        Uuid::from(p.session_id),
         p.access_token,
         to_timestamptz(p.access_expires_at),
         p.refresh_token,
@@ -33,16 +34,10 @@ fn pair_row(p: Pair) -> PairRow {
     )
 }
 
-fn session_key(id: &Uuid) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key.copy_from_slice(id.as_bytes());
-    key
-}
-
 /// Starts a session (a new token family) for a user the application has
 /// just authenticated.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(session_auth, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn session_issue(
     user_id: Option<&str>,
     data: default!(Option<RawJsonb>, "'{}'"),
@@ -85,7 +80,7 @@ fn session_validate(
     let row = match session::validate(token) {
         Ok(v) => (
             "ok".to_string(),
-            Some(Uuid::from_bytes(v.session_id)),
+            Some(Uuid::from(v.session_id)),
             Some(v.user_id),
             Some(v.data),
             Some(v.auth_level),
@@ -133,7 +128,7 @@ fn status_pair_row(result: Result<Pair, Status>) -> RefreshRow {
 
 /// Rotates a refresh token: a new pair, the presented token superseded.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(session_auth, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn session_refresh(
     token: Option<&str>,
 ) -> TableIterator<
@@ -152,32 +147,32 @@ fn session_refresh(
 
 /// Logout: any token of a session revokes the whole session.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(session_auth, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn session_revoke(token: Option<&str>) -> bool {
     session::revoke_token(token)
 }
 
 /// "Sign out this device": revokes one session by id.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(session_auth, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn session_revoke_id(session_id: Option<Uuid>) -> bool {
-    session_id.is_some_and(|id| session::revoke_id(&session_key(&id)))
+    session_id.is_some_and(|id| session::revoke_id(&id.into()))
 }
 
 /// Logout everywhere, or everywhere but `keep_session`. Returns how many
 /// sessions were revoked.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(session_auth, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn session_revoke_user(user_id: Option<&str>, keep_session: default!(Option<Uuid>, "NULL")) -> i32 {
     let user_id = error::require_user_id(user_id);
-    let keep = keep_session.map(|id| session_key(&id));
+    let keep = keep_session.map(SessionId::from);
     let revoked = session::revoke_user(user_id, keep.as_ref());
     i32::try_from(revoked).unwrap_or(i32::MAX)
 }
 
 /// The user's live sessions, newest first.
 #[pg_extern(stable, parallel_safe, security_definer)]
-#[search_path(session_auth, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn session_list(
     user_id: Option<&str>,
 ) -> TableIterator<
@@ -195,7 +190,7 @@ fn session_list(
     let user_id = error::require_user_id(user_id);
     TableIterator::new(session::list(user_id).into_iter().map(|s| {
         (
-            Uuid::from_bytes(s.session_id),
+            Uuid::from(s.session_id),
             to_timestamptz(s.created_at),
             to_timestamptz(s.authenticated_at),
             to_timestamptz(s.last_refreshed_at),
@@ -208,10 +203,10 @@ fn session_list(
 
 /// Replaces a live session's data.
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(session_auth, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn session_set_data(session_id: Option<Uuid>, data: Option<RawJsonb>) -> bool {
     let data = error::require_data(data);
-    session_id.is_some_and(|id| session::set_data(&session_key(&id), data))
+    session_id.is_some_and(|id| session::set_data(&id.into(), data))
 }
 
 /// Functions in the private schema, callable only by the extension owner
@@ -230,7 +225,7 @@ pub mod session_auth {
     /// The rotation behind `session_reauthenticate`, which raises on its status.
     /// Internal: lives in the private schema, callable only by the owner.
     #[pg_extern(volatile, parallel_unsafe)]
-    #[search_path(session_auth, pg_temp)]
+    #[search_path(pg_catalog, pg_temp)]
     pub fn reauthenticate_pair(
         token: Option<&str>,
         auth_level: Option<i32>,
@@ -256,12 +251,16 @@ pub mod session_auth {
 /// `session_auth.purge_batch_size` rows of each kind. Returns rows removed
 /// (plus live sessions whose next purge check it moved later, so that the
 /// count is 0 only when nothing is left to do): a scheduler calls it until
-/// it returns 0.
+/// it returns 0. It also erases expired retry keys and revokes the sessions
+/// of reuse detections still pending in this database (the backstop's work,
+/// for databases no worker serves).
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
-#[search_path(session_auth, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn session_purge() -> i64 {
     let started = std::time::Instant::now();
-    Spi::connect_mut(|client| {
+    crate::probe::check_tables();
+    crate::backstop::apply_pending_in_caller();
+    crate::store::connect(|client| {
         let removed = crate::purge::batch(
             client,
             crate::clock::statement_now(),

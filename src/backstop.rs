@@ -1,278 +1,326 @@
-//! The revocation backstop (contract rule 4).
+//! The revocation backstop (rule 4 of docs/design.md): every detected reuse
+//! ends in a revoked session with one `reuse_detected` event and one NOTIFY,
+//! whatever the detecting caller does next.
 //!
-//! When `session_refresh` detects reuse it revokes the session, records the
-//! event and queues the NOTIFY in the caller's transaction. A caller may roll
-//! that transaction back (many drivers do when the application raises on a
-//! bad status), so the detection is also remembered in this backend, keyed
-//! by the subtransaction that made it:
+//! The detecting call revokes the session in its own transaction and, before
+//! it returns, records the detection durably outside any transaction (see
+//! `pending`). When that transaction ends (commit, rollback, PREPARE) or a
+//! savepoint around the detection rolls back, it wakes an applier:
 //!
-//! * the (sub)transaction commits: the revocation committed with it, and the
-//!   memory is dropped (or handed to the parent subtransaction);
-//! * it aborts: a transaction callback starts a dynamic background worker
-//!   carrying the detections, which revokes each session still live, with
-//!   its event and NOTIFY, in a transaction of its own.
+//! * with the library preloaded, the purge worker: it applies the records of
+//!   its own database itself and starts a short-lived backstop worker for
+//!   each other database that has records (retrying every second while no
+//!   worker slot is free);
+//! * without preloading, the detecting backend starts that backstop worker
+//!   itself, and `session_purge()` applies the records of its database too.
 //!
-//! So the revocation, its event row and its NOTIFY happen exactly once,
-//! whichever way the caller ends. No worker waits on the caller (locks are
-//! gone by the time one starts), and a committed detection costs none. A
-//! dynamic worker needs no preloading, only a free `max_worker_processes`
-//! slot; if none is free at abort, the detections are kept and the launch is
-//! retried at this backend's next call of the extension, with a WARNING.
+//! Applying a record is one transaction that locks the session row with
+//! `SKIP LOCKED`: a row that a caller's open or prepared transaction holds is
+//! left for the next attempt, a second later, so nothing of ours ever waits
+//! on a caller (or holds up a shutdown). A live row is revoked with its event
+//! and NOTIFY; a revoked or vanished one needs nothing. Either way the record
+//! is deleted once that transaction has committed. Records survive restarts
+//! and crashes; see the README for the limits without preloading.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
 use pgrx::prelude::*;
+use pgrx::PgAtomic;
 
-use crate::clock::Micros;
-use crate::session::{self, format_uuid};
+use crate::bgworker;
+use crate::pending::{self, Detection};
+use crate::revocation::{self, Reuse};
+use crate::store;
 
+const LIBRARY: &str = "pg_session_auth";
 const FUNCTION: &str = "pg_session_auth_backstop_main";
+pub const BACKEND_TYPE: &str = "pg_session_auth backstop";
 
-/// What the worker must do, packed into `bgw_extra` (at most 127 bytes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Job {
-    pub session_id: [u8; 16],
-    pub detected_at: Micros,
-    pub presented_generation: i32,
-    pub current_generation: i32,
+/// The purge worker's latch, where a detecting backend wakes it (0: no
+/// purge worker is running). In shared memory, so only with preloading.
+pub static PURGE_WORKER_LATCH: PgAtomic<AtomicUsize> =
+    // SAFETY: the name is the extension's own.
+    unsafe { PgAtomic::new(c"pg_session_auth purge worker latch") };
+
+/// Set in the postmaster while preloading, inherited by every backend.
+static SHARED_MEMORY: AtomicBool = AtomicBool::new(false);
+
+/// Requests the shared memory; only while preloading.
+pub fn init_shared_memory() {
+    pgrx::pg_shmem_init!(PURGE_WORKER_LATCH);
+    SHARED_MEMORY.store(true, Ordering::Relaxed);
 }
 
-impl Job {
-    /// 32 bytes as 43 characters of unpadded base64url.
-    fn encode(&self) -> String {
-        let mut raw = Vec::with_capacity(32);
-        raw.extend_from_slice(&self.session_id);
-        raw.extend_from_slice(&self.detected_at.to_be_bytes());
-        raw.extend_from_slice(&self.presented_generation.to_be_bytes());
-        raw.extend_from_slice(&self.current_generation.to_be_bytes());
-        URL_SAFE_NO_PAD.encode(raw)
-    }
+fn purge_worker_latch() -> Option<&'static AtomicUsize> {
+    SHARED_MEMORY
+        .load(Ordering::Relaxed)
+        .then(|| PURGE_WORKER_LATCH.get())
+}
 
-    fn encode_all(jobs: &[Job]) -> String {
-        jobs.iter().map(Job::encode).collect::<Vec<_>>().join(";")
-    }
-
-    fn decode_all(extra: &str) -> Option<Vec<Job>> {
-        extra.split(';').map(Job::decode).collect()
-    }
-
-    fn decode(extra: &str) -> Option<Job> {
-        let raw = URL_SAFE_NO_PAD.decode(extra).ok()?;
-        if raw.len() != 32 {
-            return None;
-        }
-        let mut session_id = [0u8; 16];
-        session_id.copy_from_slice(&raw[..16]);
-        Some(Job {
-            session_id,
-            detected_at: i64::from_be_bytes(raw[16..24].try_into().ok()?),
-            presented_generation: i32::from_be_bytes(raw[24..28].try_into().ok()?),
-            current_generation: i32::from_be_bytes(raw[28..32].try_into().ok()?),
-        })
+/// The purge worker announces itself, so detecting backends can wake it.
+pub fn register_purge_worker() {
+    if let Some(latch) = purge_worker_latch() {
+        // SAFETY: MyLatch is this process's latch in shared memory (PGPROC).
+        latch.store(unsafe { pg_sys::MyLatch } as usize, Ordering::Release);
+        // SAFETY: a callback that runs at process exit, registered once.
+        unsafe { pg_sys::on_shmem_exit(Some(unregister_purge_worker), pg_sys::Datum::from(0)) };
     }
 }
 
-/// Jobs per worker: `bgw_extra` holds at most 127 bytes.
-const JOBS_PER_WORKER: usize = 2;
+unsafe extern "C-unwind" fn unregister_purge_worker(_code: i32, _arg: pg_sys::Datum) {
+    if let Some(latch) = purge_worker_latch() {
+        // SAFETY: as in register_purge_worker.
+        let mine = unsafe { pg_sys::MyLatch } as usize;
+        let _ = latch.compare_exchange(mine, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The detecting backend.
 
 thread_local! {
-    /// Detections of the current transaction, by subtransaction id, and
-    /// detections whose worker could not be started yet.
-    static PENDING: RefCell<Vec<(pg_sys::SubTransactionId, Job)>> = const { RefCell::new(Vec::new()) };
-    static UNLAUNCHED: RefCell<Vec<Job>> = const { RefCell::new(Vec::new()) };
+    static DETECTED_IN_TRANSACTION: Cell<bool> = const { Cell::new(false) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Remembers a reuse revocation made in the current (sub)transaction, so
-/// that an abort hands it to a worker.
-pub fn remember(job: Job) {
-    if !CALLBACKS_REGISTERED.with(Cell::get) {
-        // SAFETY: registered once per backend; the callbacks live forever.
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
-        }
-        CALLBACKS_REGISTERED.with(|c| c.set(true));
-    }
-    // SAFETY: reads the current subtransaction id.
-    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    PENDING.with(|p| p.borrow_mut().push((subid, job)));
-}
-
-/// Retries launches that found no free worker slot. Cheap when there is
-/// nothing to retry; called at the start of every writing call.
-pub fn retry_unlaunched() {
-    let jobs = UNLAUNCHED.with(|u| std::mem::take(&mut *u.borrow_mut()));
-    if jobs.is_empty() {
-        return;
-    }
-    let left = launch_all(jobs);
-    if !left.is_empty() {
+/// Records a reuse the current transaction has just revoked, so that the
+/// revocation happens even if this transaction does not commit.
+pub fn detected(reuse: &Reuse) {
+    let detection = Detection {
+        // SAFETY: set for every backend connected to a database.
+        database: unsafe { pg_sys::MyDatabaseId },
+        session_id: reuse.session_id,
+        detected_at: reuse.detected_at,
+        presented_generation: reuse.presented_generation,
+        current_generation: reuse.current_generation,
+    };
+    if let Err(e) = pending::record(&detection) {
+        // The revocation in this transaction stands if it commits; only a
+        // rollback could lose it now. Say so loudly rather than fail the call.
         ereport!(
             WARNING,
-            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
             format!(
-                "pg_session_auth: {} reuse revocation(s) rolled back and still waiting for a free background worker slot",
-                left.len()
+                "pg_session_auth: could not record the reuse detection of session {} outside this transaction: {e}",
+                reuse.session_id
             ),
-            "Raise max_worker_processes; the sessions stay live until then."
+            "If this transaction rolls back, revoke the session by hand: SELECT session_revoke_id(...)."
         );
-        UNLAUNCHED.with(|u| u.borrow_mut().extend(left));
+        return;
     }
+    register_callbacks();
+    DETECTED_IN_TRANSACTION.with(|d| d.set(true));
+}
+
+fn register_callbacks() {
+    if CALLBACKS_REGISTERED.with(Cell::get) {
+        return;
+    }
+    // SAFETY: registered once per backend; the callbacks live as long as it.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+    }
+    CALLBACKS_REGISTERED.with(|c| c.set(true));
 }
 
 unsafe extern "C-unwind" fn on_xact_event(
     event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
+    _: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
-            PENDING.with(|p| p.borrow_mut().clear());
-        }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            let jobs: Vec<Job> =
-                PENDING.with(|p| p.borrow_mut().drain(..).map(|(_, j)| j).collect());
-            hand_over(jobs);
-        }
-        _ => {}
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+    ) && DETECTED_IN_TRANSACTION.with(|d| d.replace(false))
+    {
+        wake_applier();
     }
 }
 
 unsafe extern "C-unwind" fn on_subxact_event(
     event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    parent_subid: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
+    _: pg_sys::SubTransactionId,
+    _: pg_sys::SubTransactionId,
+    _: *mut std::ffi::c_void,
 ) {
-    use pg_sys::SubXactEvent::*;
-    match event {
-        SUBXACT_EVENT_COMMIT_SUB => PENDING.with(|p| {
-            for (subid, _) in p.borrow_mut().iter_mut() {
-                if *subid == my_subid {
-                    *subid = parent_subid;
+    // A savepoint rolled back: a detection under it may be undone already,
+    // while the transaction goes on.
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+        && DETECTED_IN_TRANSACTION.with(Cell::get)
+    {
+        wake_applier();
+    }
+}
+
+/// Called from transaction callbacks: must not raise.
+fn wake_applier() {
+    if let Some(latch) = purge_worker_latch() {
+        let latch = latch.load(Ordering::Acquire) as *mut pg_sys::Latch;
+        if !latch.is_null() {
+            // SAFETY: a latch in shared memory; SetLatch never raises.
+            unsafe { pg_sys::SetLatch(latch) };
+            return;
+        }
+    }
+    // No purge worker to wake: start a backstop for this database ourselves.
+    // If no slot is free the record waits for the next detection's backstop
+    // or this database's session_purge().
+    // SAFETY: as in `detected`.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    let _ = std::panic::catch_unwind(|| launch(database));
+}
+
+// ---------------------------------------------------------------------------
+// Applying the records.
+
+/// Applies the pending records of the current database, each in a
+/// transaction of its own. Returns (made sure of, left for later).
+pub fn apply_pending() -> (usize, usize) {
+    // SAFETY: set for every backend connected to a database.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    let mut done = 0;
+    let mut left = 0;
+    for (path, detection) in pending::of_database(database) {
+        match bgworker::in_transaction(|| apply(&detection)) {
+            Ok(true) => {
+                pending::done(&path);
+                done += 1;
+            }
+            Ok(false) => left += 1,
+            Err(e) => {
+                log!(
+                    "pg_session_auth backstop: session {}: {e}; trying again",
+                    detection.session_id
+                );
+                left += 1;
+            }
+        }
+    }
+    (done, left)
+}
+
+/// Applies the records of the current database in the caller's transaction
+/// (`session_purge()` without a worker): revokes what it can, deletes no
+/// record (a later applier does, in a transaction of its own). Returns how
+/// many sessions it revoked.
+pub fn apply_pending_in_caller() -> u64 {
+    // SAFETY: as above.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    let records: Vec<(PathBuf, Detection)> = pending::of_database(database);
+    records
+        .iter()
+        .filter(|(_, d)| matches!(try_revoke(d), Outcome::Revoked))
+        .count() as u64
+}
+
+/// Whether the record is made sure of (revoked now, already revoked, or the
+/// session is gone); false if a caller still holds the row.
+fn apply(detection: &Detection) -> bool {
+    !matches!(try_revoke(detection), Outcome::Held)
+}
+
+enum Outcome {
+    Revoked,
+    AlreadyDone,
+    Held,
+}
+
+fn try_revoke(d: &Detection) -> Outcome {
+    store::connect(|client| {
+        let state: Option<bool> = store::run(
+            client,
+            &store::LOCK_SESSION_NOWAIT,
+            &[store::uuid(&d.session_id)],
+            |t| store::first_row(t, |r| store::req(r, 1)),
+        );
+        match state {
+            Some(true) => Outcome::AlreadyDone,
+            Some(false) => {
+                let reuse = Reuse {
+                    session_id: d.session_id,
+                    detected_at: d.detected_at,
+                    presented_generation: d.presented_generation,
+                    current_generation: d.current_generation,
+                };
+                if revocation::revoke_for_reuse(client, &reuse) {
+                    log!(
+                        "pg_session_auth: revoked session {} for refresh-token reuse the detecting transaction did not commit",
+                        d.session_id
+                    );
+                    Outcome::Revoked
+                } else {
+                    Outcome::AlreadyDone
                 }
             }
-        }),
-        SUBXACT_EVENT_ABORT_SUB => {
-            // Subtransaction ids grow within a transaction: everything at or
-            // above the aborted one belongs to it or to its children.
-            let jobs: Vec<Job> = PENDING.with(|p| {
-                let mut p = p.borrow_mut();
-                let (aborted, kept): (Vec<_>, Vec<_>) =
-                    p.drain(..).partition(|(s, _)| *s >= my_subid);
-                *p = kept;
-                aborted.into_iter().map(|(_, j)| j).collect()
-            });
-            hand_over(jobs);
+            None => {
+                let exists: bool = store::run(
+                    client,
+                    &store::SESSION_EXISTS,
+                    &[store::uuid(&d.session_id)],
+                    |t| store::first_row(t, |r| store::req(r, 1)),
+                )
+                .unwrap_or(false);
+                if exists {
+                    Outcome::Held
+                } else {
+                    Outcome::AlreadyDone
+                }
+            }
         }
-        _ => {}
-    }
+    })
 }
 
-/// Called during abort processing: must not raise. What cannot be launched
-/// now waits for `retry_unlaunched`.
-fn hand_over(jobs: Vec<Job>) {
-    if jobs.is_empty() {
-        return;
-    }
-    let left = std::panic::catch_unwind(|| launch_all(jobs.clone())).unwrap_or(jobs);
-    if !left.is_empty() {
-        UNLAUNCHED.with(|u| u.borrow_mut().extend(left));
-    }
-}
+// ---------------------------------------------------------------------------
+// The backstop worker: one pass over one database's records.
 
-/// Starts workers for `jobs`; returns the jobs no worker slot was free for.
-fn launch_all(jobs: Vec<Job>) -> Vec<Job> {
-    let mut left = Vec::new();
-    for chunk in jobs.chunks(JOBS_PER_WORKER) {
-        if !launch(chunk) {
-            left.extend_from_slice(chunk);
-        }
-    }
-    left
-}
-
-fn launch(jobs: &[Job]) -> bool {
-    // SAFETY: MyDatabaseId is set for every backend connected to a database.
-    let database = unsafe { pg_sys::MyDatabaseId };
+/// Starts a backstop worker for `database`; `None` if no worker slot is free.
+pub fn launch(database: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
     BackgroundWorkerBuilder::new("pg_session_auth revocation backstop")
-        .set_type("pg_session_auth backstop")
-        .set_library("pg_session_auth")
+        .set_type(BACKEND_TYPE)
+        .set_library(LIBRARY)
         .set_function(FUNCTION)
         .set_argument(database.into_datum())
-        .set_extra(&Job::encode_all(jobs))
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
         .load_dynamic()
-        .is_ok()
+        .ok()
 }
 
-/// The worker: revokes every session of its jobs that is still live.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_session_auth_backstop_main(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    bgworker::setup_signals();
     // SAFETY: the argument was set from an Oid datum by `launch`.
-    let database = unsafe { pg_sys::Oid::from_datum(arg, false) };
-    let Some(jobs) = Job::decode_all(BackgroundWorker::get_extra()) else {
-        log!("pg_session_auth backstop: malformed job, nothing done");
+    let Some(database) = (unsafe { pg_sys::Oid::from_datum(arg, false) }) else {
         return;
     };
-    BackgroundWorker::connect_worker_to_spi_by_oid(database, None);
-    for job in &jobs {
-        let revoked = BackgroundWorker::transaction(|| {
-            Spi::run("SET LOCAL search_path = pg_catalog, pg_temp").ok();
-            Spi::connect_mut(|client| session::revoke_for_reuse(client, job))
-        });
-        if revoked {
-            log!(
-                "pg_session_auth: revoked session {} for refresh-token reuse after the detecting transaction rolled back",
-                format_uuid(&job.session_id)
-            );
-        }
+    pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    if let Err(e) = bgworker::pin_session_settings() {
+        log!("pg_session_auth backstop: {e}");
+        return;
     }
-}
-
-#[cfg(test)]
-mod unit_tests {
-    use super::*;
-
-    #[test]
-    fn jobs_round_trip_through_bgw_extra() {
-        let job = Job {
-            session_id: [0xab; 16],
-            detected_at: -123_456_789,
-            presented_generation: 3,
-            current_generation: 7,
-        };
-        let extra = job.encode();
-        assert!(extra.len() < 128);
-        assert_eq!(Job::decode(&extra), Some(job));
-        assert_eq!(Job::decode("zz 1 2 3"), None);
-        assert_eq!(Job::decode(&format!("{extra}AAAA")), None);
-        assert_eq!(Job::decode(""), None);
-        let two = Job::encode_all(&[
-            Job {
-                session_id: [0xff; 16],
-                detected_at: i64::MIN,
-                presented_generation: i32::MAX,
-                current_generation: i32::MAX,
-            },
-            Job {
-                session_id: [0; 16],
-                detected_at: i64::MAX,
-                presented_generation: i32::MIN,
-                current_generation: i32::MIN,
-            },
-        ]);
-        assert!(two.len() < 128, "{} bytes", two.len());
-        assert_eq!(Job::decode_all(&two).map(|j| j.len()), Some(2));
+    match bgworker::in_transaction(crate::extension::sql_version) {
+        Ok(Some(v)) if v == crate::extension::LIBRARY_VERSION => {
+            apply_pending();
+        }
+        // Not updated yet: the purge worker starts another backstop a second
+        // later; the records wait.
+        Ok(Some(_)) | Err(_) => {}
+        // The extension was dropped: its sessions are gone, and so is what
+        // the records were for.
+        Ok(None) => {
+            for (path, _) in pending::of_database(database) {
+                pending::done(&path);
+            }
+        }
     }
 }

@@ -3,38 +3,111 @@
 //! Only standard SQLSTATEs survive pgrx's FFI boundary, so argument errors
 //! (`22004`, `22023`) are raised here, while the token errors `SA001`..`SA005`
 //! are raised by the PL/pgSQL wrappers in `sql/raising.sql` from the status a
-//! Rust function returns. No message ever contains a token.
+//! Rust function returns. No message ever contains a token, and nothing
+//! internal reaches a client: no Rust backtrace (pgrx would put one in
+//! DETAIL when the server runs with `RUST_BACKTRACE` set) and no source path
+//! (the protocol's File field).
 
+use std::ffi::{c_char, c_int, CString};
+
+use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::jsonb::RawJsonb;
 
+/// Replaces pgrx's panic hook by one that captures nothing: pgrx's would
+/// record a backtrace of every panic (every ERROR that crosses our code is
+/// one) for the error's DETAIL. The errors themselves are reported as
+/// before, by pgrx's guards.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|_| {}));
+}
+
+unsafe extern "C-unwind" {
+    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
+    fn errcode(sqlerrcode: c_int) -> c_int;
+    fn errmsg(fmt: *const c_char, ...) -> c_int;
+    fn errhint(fmt: *const c_char, ...) -> c_int;
+    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
+}
+
+/// Raises an ERROR whose location fields name the extension, not a file.
+/// Raised inside pgrx's FFI guard, so it unwinds through our frames as any
+/// PostgreSQL error does.
+fn raise(code: PgSqlErrorCode, message: &str, hint: Option<&str>) -> ! {
+    let cstring = |s: &str| CString::new(s.replace('\0', "")).expect("NULs removed");
+    let message = cstring(message);
+    let hint = hint.map(cstring);
+    // SAFETY: the standard ereport(ERROR) sequence, inside the guard that
+    // turns its longjmp into a Rust panic; every string outlives the call.
+    unsafe {
+        pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
+            if errstart(pg_sys::PGERROR as c_int, std::ptr::null()) {
+                errcode(code as c_int);
+                errmsg(c"%s".as_ptr(), message.as_ptr());
+                if let Some(hint) = &hint {
+                    errhint(c"%s".as_ptr(), hint.as_ptr());
+                }
+                errfinish(c"pg_session_auth".as_ptr(), 0, c"pg_session_auth".as_ptr());
+            }
+        });
+    }
+    unreachable!("errfinish(ERROR) does not return")
+}
+
 /// `22004`: a required argument was NULL.
 pub fn null_argument(name: &str) -> ! {
-    ereport!(
-        ERROR,
+    raise(
         PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-        format!("{name} must not be NULL")
-    );
+        &format!("{name} must not be NULL"),
+        None,
+    )
 }
 
 /// `22023`: an argument is out of range or of the wrong shape.
 pub fn bad_argument(name: &str, why: &str) -> ! {
-    ereport!(
-        ERROR,
+    raise(
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        format!("{name} {why}")
-    );
+        &format!("{name} {why}"),
+        None,
+    )
+}
+
+/// `55000`: one of the extension's objects is not what the extension made
+/// (changed by hand, outside `ALTER EXTENSION`). Names the object.
+pub fn changed_outside_extension(object: &str, what: &str) -> ! {
+    crate::extension::require_current_sql();
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        &format!("pg_session_auth: {object} was changed outside ALTER EXTENSION: {what}"),
+        Some(
+            "The extension's tables must keep the layout the extension gave them (partitioning \
+             is not supported). Undo the change, or DROP and CREATE the extension again.",
+        ),
+    )
+}
+
+/// `55000`: the library is newer (or older) than the SQL objects of this
+/// database: the DBA installed a new package and has not updated yet.
+pub fn outdated_sql(sql_version: &str, library_version: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        &format!(
+            "pg_session_auth: this database has the extension's SQL objects of version {sql_version}, \
+             the installed library is version {library_version}"
+        ),
+        Some("Run ALTER EXTENSION pg_session_auth UPDATE in this database."),
+    )
 }
 
 /// Something that should not happen: a failed SPI call, no OS randomness.
 /// The message names the operation, never the data.
 pub fn internal(what: &str, err: impl std::fmt::Display) -> ! {
-    ereport!(
-        ERROR,
+    raise(
         PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        format!("pg_session_auth: {what}: {err}")
-    );
+        &format!("pg_session_auth: {what}: {err}"),
+        None,
+    )
 }
 
 /// The value read from the OS random source, or an internal error.
@@ -61,7 +134,8 @@ pub fn require_user_id(user_id: Option<&str>) -> &str {
     user_id
 }
 
-/// The session data: a JSON object of at most 64 kB in its text form.
+/// The session data: a JSON object of at most 64 kB in its text form (as
+/// PostgreSQL writes jsonb back), counted without writing it.
 pub fn require_data(data: Option<RawJsonb>) -> RawJsonb {
     let Some(value) = data else {
         null_argument("data")
@@ -69,7 +143,7 @@ pub fn require_data(data: Option<RawJsonb>) -> RawJsonb {
     if !value.is_object() {
         bad_argument("data", "must be a JSON object");
     }
-    if value.text_len() > MAX_DATA_BYTES {
+    if !value.text_len_at_most(MAX_DATA_BYTES) {
         bad_argument(
             "data",
             &format!("must be at most {MAX_DATA_BYTES} bytes as JSON text"),

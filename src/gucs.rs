@@ -28,7 +28,18 @@ pub static EVENT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(30 * DAY);
 pub static PURGE_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 pub static PURGE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_DATABASE));
+
+const DEFAULT_DATABASE: &std::ffi::CStr = c"postgres";
+
+/// The database the purge worker serves.
+pub fn worker_database() -> String {
+    DATABASE
+        .get()
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned())
+        .to_string_lossy()
+        .into_owned()
+}
 
 const USEC_PER_SEC: i64 = 1_000_000;
 

@@ -36,32 +36,191 @@ impl IntoDatum for RawJsonb {
     }
 }
 
-/// `JB_FOBJECT` of PostgreSQL's jsonb root container header.
-const JB_FOBJECT: u32 = 0x2000_0000;
-
 impl RawJsonb {
+    fn root(&self) -> *mut pg_sys::JsonbContainer {
+        // SAFETY: a detoasted jsonb varlena is a `Jsonb` header and its root.
+        unsafe { &raw mut (*self.0.cast_mut_ptr::<pg_sys::Jsonb>()).root }
+    }
+
     /// Whether the value is a JSON object (not an array or a scalar).
     pub fn is_object(&self) -> bool {
-        // SAFETY: a detoasted jsonb starts with its root container header.
-        unsafe {
-            let varlena = self.0.cast_mut_ptr::<pg_sys::varlena>();
-            let header = pgrx::varlena::vardata_any(varlena)
-                .cast::<u32>()
-                .read_unaligned();
-            header & JB_FOBJECT != 0
+        // SAFETY: the root container starts with its header word.
+        let header = unsafe { (*self.root()).header };
+        header & pg_sys::JB_FOBJECT != 0
+    }
+
+    /// Whether the value, written as JSON text the way PostgreSQL writes it
+    /// (`jsonb_out`: `{"a": [1, 2]}`), takes at most `limit` bytes.
+    ///
+    /// Counted without writing it: the walk adds up what each key, string,
+    /// number and separator would take and stops as soon as the count passes
+    /// `limit`. A number is written alone to learn its length (at most
+    /// 147,455 bytes, numeric's own limit) and freed at once, so no input,
+    /// however its numbers are spelled (`1e131071` is a few bytes stored and
+    /// 131,072 as text), makes the check hold more than that, or work longer
+    /// than the limit allows. Strings count their escapes (`\u0001` is 6).
+    pub fn text_len_at_most(&self, limit: usize) -> bool {
+        // A context of its own for the iterator's state and the numbers'
+        // text, deleted at the end whatever the answer.
+        // SAFETY: a temporary child of the current context.
+        let scratch = unsafe {
+            pg_sys::AllocSetContextCreateExtended(
+                pg_sys::CurrentMemoryContext,
+                c"pg_session_auth data size".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            )
+        };
+        // SAFETY: switched back below; the iterator reads a valid jsonb.
+        let within = unsafe {
+            let previous = pg_sys::MemoryContextSwitchTo(scratch);
+            let within = TextLength::new(limit).walk(self.root());
+            pg_sys::MemoryContextSwitchTo(previous);
+            within
+        };
+        // SAFETY: nothing refers to the scratch context any more.
+        unsafe { pg_sys::MemoryContextDelete(scratch) };
+        within
+    }
+}
+
+/// The running length of `jsonb_out`'s text for one value.
+struct TextLength {
+    total: usize,
+    limit: usize,
+    /// The open containers, innermost last.
+    open: Vec<Container>,
+}
+
+struct Container {
+    is_array: bool,
+    /// The pseudo-array around a top-level scalar: written without brackets.
+    raw_scalar: bool,
+    has_elements: bool,
+}
+
+impl TextLength {
+    fn new(limit: usize) -> Self {
+        TextLength {
+            total: 0,
+            limit,
+            open: Vec::new(),
         }
     }
 
-    /// Size of the value as JSON text, in bytes.
-    pub fn text_len(&self) -> usize {
-        // SAFETY: jsonb_out on a valid jsonb datum returns a C string.
-        unsafe {
-            let text =
-                pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
-                    .map_or(usize::MAX, |c| c.to_bytes().len());
-            text
+    fn add(&mut self, n: usize) -> bool {
+        self.total = self.total.saturating_add(n);
+        self.total <= self.limit
+    }
+
+    /// `, ` before every key of an object and every element of an array but
+    /// the first.
+    fn separator(&mut self) -> bool {
+        match self.open.last_mut() {
+            Some(c) if c.has_elements => self.add(2),
+            Some(c) => {
+                c.has_elements = true;
+                true
+            }
+            None => true,
         }
     }
+
+    fn in_array(&self) -> bool {
+        self.open.last().is_some_and(|c| c.is_array)
+    }
+
+    /// # Safety
+    /// `root` is the root container of a valid, detoasted jsonb.
+    unsafe fn walk(mut self, root: *mut pg_sys::JsonbContainer) -> bool {
+        use pg_sys::JsonbIteratorToken::*;
+        // SAFETY: the caller's promise; JsonbIteratorNext frees its own
+        // iterator states as it leaves each container.
+        unsafe {
+            let mut it = pg_sys::JsonbIteratorInit(root);
+            let mut v = std::mem::zeroed::<pg_sys::JsonbValue>();
+            loop {
+                let token = pg_sys::JsonbIteratorNext(&mut it, &mut v, false);
+                let fits = match token {
+                    WJB_DONE => return true,
+                    WJB_BEGIN_OBJECT | WJB_BEGIN_ARRAY => {
+                        let is_array = token == WJB_BEGIN_ARRAY;
+                        let raw_scalar = is_array && v.val.array.rawScalar;
+                        // A container is an element of an enclosing array, or
+                        // the value of a key (which wrote its own separator).
+                        let fits =
+                            (!self.in_array() || self.separator()) && (raw_scalar || self.add(1));
+                        self.open.push(Container {
+                            is_array,
+                            raw_scalar,
+                            has_elements: false,
+                        });
+                        fits
+                    }
+                    WJB_END_OBJECT | WJB_END_ARRAY => {
+                        let raw_scalar = self.open.pop().is_some_and(|c| c.raw_scalar);
+                        raw_scalar || self.add(1)
+                    }
+                    // `"key": ` then the value, which needs no separator.
+                    WJB_KEY => self.separator() && self.scalar(&v) && self.add(2),
+                    WJB_VALUE => self.scalar(&v),
+                    WJB_ELEM => self.separator() && self.scalar(&v),
+                    _ => true,
+                };
+                if !fits {
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// `v` is a scalar the iterator just returned.
+    unsafe fn scalar(&mut self, v: &pg_sys::JsonbValue) -> bool {
+        use pg_sys::jbvType;
+        // SAFETY: the union member that `type_` names.
+        unsafe {
+            match v.type_ {
+                jbvType::jbvNull => self.add(4),
+                jbvType::jbvBool => self.add(if v.val.boolean { 4 } else { 5 }),
+                jbvType::jbvString => {
+                    let s = v.val.string;
+                    let bytes = std::slice::from_raw_parts(
+                        s.val.cast::<u8>(),
+                        usize::try_from(s.len).unwrap_or(0),
+                    );
+                    self.add(escaped_len(bytes))
+                }
+                jbvType::jbvNumeric => {
+                    let text = pgrx::direct_function_call::<&std::ffi::CStr>(
+                        pg_sys::numeric_out,
+                        &[Some(pg_sys::Datum::from(v.val.numeric))],
+                    );
+                    let n = text.map_or(0, |t| t.to_bytes().len());
+                    if let Some(t) = text {
+                        pg_sys::pfree(t.as_ptr().cast_mut().cast());
+                    }
+                    self.add(n)
+                }
+                // Containers come as BEGIN/END tokens; other kinds do not
+                // occur in a stored jsonb.
+                _ => true,
+            }
+        }
+    }
+}
+
+/// The length of a string as `escape_json` writes it, quotes included.
+fn escaped_len(bytes: &[u8]) -> usize {
+    2 + bytes
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 // How pgrx passes it in and out of SQL functions: as the datum itself.

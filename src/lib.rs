@@ -1,22 +1,41 @@
 //! pg_session_auth: session management inside PostgreSQL.
 //!
-//! Module map: `api` (the SQL functions), `session` (the lifecycle),
-//! `token` (generation, digests, parsing), `clock` (deadlines), `store`
-//! (prepared statements), `probe` (direct index probes for validate), `gucs` (settings), `error` (SQLSTATEs),
-//! `backstop` (the worker that keeps a reuse revocation across a rollback),
-//! `purge` and `worker` (removing what has expired).
+//! Module map (docs/design.md has the rules they cite):
+//!
+//! * `api`: the SQL functions, thin over `session`.
+//! * `session`: the lifecycle: issue, validate, refresh, revoke, list,
+//!   set data, re-authenticate.
+//! * `token`: the token format, parsing, digests. `ids`: session ids.
+//! * `retry_pair`: how a retry inside the grace gets the same pair (HKDF),
+//!   and the short-lived keys that allows.
+//! * `revocation`: revoking, events and NOTIFY.
+//! * `backstop` and `pending`: making a reuse revocation stick when the
+//!   detecting transaction does not commit.
+//! * `clock`: statement time, effective deadlines. `gucs`: settings.
+//! * `store`: every SQL statement. `probe`: validate's direct index probes.
+//! * `jsonb`: session data as stored. `error`: argument checks, SQLSTATEs.
+//!   `extension`: the SQL objects' version against the library's.
+//! * `purge`, `worker`, `vacuum`: removing what has expired.
+//! * `bgworker`: what both workers share. `compat`: differences between
+//!   PostgreSQL majors.
 
 use pgrx::prelude::*;
 
 mod api;
 mod backstop;
+mod bgworker;
 mod clock;
+mod compat;
 mod error;
+mod extension;
 mod gucs;
+mod ids;
 mod jsonb;
+mod pending;
 mod probe;
 mod purge;
-mod retry_key;
+mod retry_pair;
+mod revocation;
 mod session;
 mod store;
 mod token;
@@ -41,12 +60,26 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    error::quiet_panics();
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     gucs::register(preloading);
+    // SAFETY: registered once per process, before any relation is read.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(on_relation_changed), pg_sys::Datum::from(0))
+    };
     if preloading {
+        backstop::init_shared_memory();
         worker::register();
     }
+}
+
+/// A relation was changed (or the whole relcache reset, `InvalidOid`): the
+/// layouts validate trusts and the cached retry key are checked again
+/// before their next use. Must not raise.
+unsafe extern "C-unwind" fn on_relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    probe::forget_layouts(relid);
+    retry_pair::forget_cached_key(relid);
 }
 
 /// Required by `cargo pgrx test`.

@@ -9,9 +9,20 @@
 //! switches to the extension owner's user id (the tables' owner) for the
 //! duration, as a SECURITY DEFINER function would.
 //!
-//! Relations are found by name in the `session_auth` schema through the
-//! syscache on every call (cheap, and never stale after DROP/CREATE
-//! EXTENSION); column numbers are cached per relation oid.
+//! Reading a table this way trusts its layout, so the layout is verified
+//! before it is trusted: the first probe of a table after any change to it
+//! (a relcache invalidation; see `forget_layouts`) checks that the relation
+//! is a plain table, that the index is a valid, ready, non-partial btree on
+//! that table's key column with its type's default operator class, and that
+//! every column the probe reads exists with the expected type. Anything else
+//! raises one clear error (`55000`, naming the object); in 0.1.0 a
+//! partitioned table, a view, or a changed column type crashed the server.
+//! Every probe checks both tables this way (the blacklist too, so a changed
+//! blacklist is reported even by a validate that does not need it). The
+//! verified layouts, relation oids and column numbers included, are cached
+//! per backend until the next relcache invalidation that touches them, and
+//! re-checked after the probe has locked the relations (taking a lock is
+//! when PostgreSQL delivers pending invalidations).
 
 use std::cell::RefCell;
 use std::ffi::CStr;
@@ -20,142 +31,207 @@ use std::rc::Rc;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::{FromDatum, IntoDatum};
 
+use crate::error;
+use crate::ids::SessionId;
 use crate::jsonb::RawJsonb;
-
 use crate::store::{Blacklisted, SessionRow};
 
 const SCHEMA: &CStr = c"session_auth";
 
-/// Column names of `SessionRow`, in the order `read_row` expects (the same
-/// order as `store::session_columns!`, which a test checks), then `data`.
-pub const SESSION_COLUMNS: [&CStr; ROW_COLUMNS + 1] = [
-    c"session_id",
-    c"user_id",
-    c"auth_level",
-    c"created_at",
-    c"authenticated_at",
-    c"last_refreshed_at",
-    c"generation",
-    c"access_digest",
-    c"access_issued_at",
-    c"access_expires_at",
-    c"refresh_digest",
-    c"refresh_expires_at",
-    c"absolute_expires_at",
-    c"parent_access_digest",
-    c"parent_access_expires_at",
-    c"parent_refresh_digest",
-    c"rotated_at",
-    c"grace_until",
-    c"retry_pair",
-    c"revoked_at",
-    c"parent_refresh_expires_at",
-    c"data",
+/// A column a probe reads, and the type it must have.
+pub struct Column {
+    pub name: &'static CStr,
+    pub type_oid: Oid,
+}
+
+const fn col(name: &'static CStr, type_oid: Oid) -> Column {
+    Column { name, type_oid }
+}
+
+/// Columns of `SessionRow`, in the order `read_row` expects (the same order
+/// as `store::session_columns!`, which a test checks), then `data`. The
+/// first is the key the primary-key index must be on.
+pub const SESSION_COLUMNS: [Column; ROW_COLUMNS + 1] = [
+    col(c"session_id", pg_sys::UUIDOID),
+    col(c"user_id", pg_sys::TEXTOID),
+    col(c"auth_level", pg_sys::INT4OID),
+    col(c"created_at", pg_sys::TIMESTAMPTZOID),
+    col(c"authenticated_at", pg_sys::TIMESTAMPTZOID),
+    col(c"last_refreshed_at", pg_sys::TIMESTAMPTZOID),
+    col(c"generation", pg_sys::INT4OID),
+    col(c"access_digest", pg_sys::BYTEAOID),
+    col(c"access_issued_at", pg_sys::TIMESTAMPTZOID),
+    col(c"access_expires_at", pg_sys::TIMESTAMPTZOID),
+    col(c"refresh_digest", pg_sys::BYTEAOID),
+    col(c"refresh_expires_at", pg_sys::TIMESTAMPTZOID),
+    col(c"absolute_expires_at", pg_sys::TIMESTAMPTZOID),
+    col(c"parent_access_digest", pg_sys::BYTEAOID),
+    col(c"parent_access_expires_at", pg_sys::TIMESTAMPTZOID),
+    col(c"parent_refresh_digest", pg_sys::BYTEAOID),
+    col(c"rotated_at", pg_sys::TIMESTAMPTZOID),
+    col(c"grace_until", pg_sys::TIMESTAMPTZOID),
+    col(c"retry_key_id", pg_sys::INT8OID),
+    col(c"revoked_at", pg_sys::TIMESTAMPTZOID),
+    col(c"parent_refresh_expires_at", pg_sys::TIMESTAMPTZOID),
+    col(c"data", pg_sys::JSONBOID),
 ];
 
 const ROW_COLUMNS: usize = crate::store::SESSION_COLUMNS;
 
-const BLACKLIST_COLUMNS: [&CStr; 4] = [c"session_id", c"kind", c"generation", c"expires_at"];
+/// The blacklist's key, then the columns `blacklisted` reads.
+const BLACKLIST_COLUMNS: [Column; 5] = [
+    col(c"digest", pg_sys::BYTEAOID),
+    col(c"session_id", pg_sys::UUIDOID),
+    col(c"kind", pg_sys::TEXTOID),
+    col(c"generation", pg_sys::INT4OID),
+    col(c"expires_at", pg_sys::TIMESTAMPTZOID),
+];
 
-thread_local! {
-    /// (relation oid, attribute numbers) per probed table.
-    static ATTNUMS: RefCell<Vec<(Oid, Rc<[usize]>)>> = const { RefCell::new(Vec::new()) };
+/// A probed table as verified: its oid, its index's, and the zero-based
+/// attribute numbers of the columns read (in the order asked for).
+#[derive(Clone)]
+struct Layout {
+    name: &'static CStr,
+    table: Oid,
+    index: Oid,
+    /// How many columns were asked for (one table is probed with two lists).
+    columns: usize,
+    attnums: Rc<[usize]>,
 }
 
-/// The session row and its data, or `None` if there is no such session (or
-/// the extension's schema is gone).
-pub fn session(session_id: &[u8; 16]) -> Option<(SessionRow, RawJsonb)> {
-    probe_session(session_id, &SESSION_COLUMNS, |v| {
-        // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
+thread_local! {
+    /// Verified layouts, until a relcache invalidation touches them.
+    static LAYOUTS: RefCell<Vec<Layout>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where a probe reads: the table, its key index, and the columns.
+struct Target {
+    table: &'static CStr,
+    index: &'static CStr,
+    columns: &'static [Column],
+}
+
+const SESSIONS: Target = Target {
+    table: c"sessions",
+    index: c"sessions_pkey",
+    columns: &SESSION_COLUMNS,
+};
+
+const SESSIONS_WITHOUT_DATA: Target = Target {
+    table: c"sessions",
+    index: c"sessions_pkey",
+    columns: SESSION_COLUMNS.split_at(ROW_COLUMNS).0,
+};
+
+const BLACKLIST: Target = Target {
+    table: c"blacklist",
+    index: c"blacklist_pkey",
+    columns: &BLACKLIST_COLUMNS,
+};
+
+/// Forgets every verified layout that involves `relid` (or all of them for
+/// `InvalidOid`: the whole relcache was reset). Called from the relcache
+/// invalidation callback: must not raise.
+pub fn forget_layouts(relid: Oid) {
+    LAYOUTS.with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.retain(|layout| {
+                relid != pg_sys::InvalidOid && layout.table != relid && layout.index != relid
+            });
+        }
+    });
+}
+
+/// The session row and its data, or `None` if there is no such session.
+pub fn session(session_id: &SessionId) -> Option<(SessionRow, RawJsonb)> {
+    probe_session(session_id, &SESSIONS, |v| {
+        // SAFETY: columns in SESSION_COLUMNS order, of the verified types.
         unsafe { (read_row(v), get::<RawJsonb>(v, ROW_COLUMNS)) }
     })
 }
 
 /// The session row without its data (writers check a token with it before
 /// they lock anything).
-pub fn session_row(session_id: &[u8; 16]) -> Option<SessionRow> {
-    probe_session(session_id, &SESSION_COLUMNS[..ROW_COLUMNS], |v| {
-        // SAFETY: columns in SESSION_COLUMNS order, typed as the table.
+pub fn session_row(session_id: &SessionId) -> Option<SessionRow> {
+    probe_session(session_id, &SESSIONS_WITHOUT_DATA, |v| {
+        // SAFETY: columns in SESSION_COLUMNS order, of the verified types.
         unsafe { read_row(v) }
     })
 }
 
 fn probe_session<R>(
-    session_id: &[u8; 16],
-    columns: &[&CStr],
+    session_id: &SessionId,
+    target: &Target,
     read: impl FnOnce(Values<'_>) -> R,
 ) -> Option<R> {
-    let key = pgrx::Uuid::from_bytes(*session_id).into_datum()?;
-    probe(
-        c"sessions",
-        c"sessions_pkey",
-        pg_sys::F_UUID_EQ,
-        key,
-        columns,
-        read,
-    )
+    let key = pgrx::Uuid::from(*session_id).into_datum()?;
+    probe(target, pg_sys::F_UUID_EQ, key, read)
 }
 
 /// The blacklist entry for `digest` if it belongs to `session_id`.
-pub fn blacklisted(digest: &[u8], session_id: &[u8; 16]) -> Option<Blacklisted> {
+pub fn blacklisted(digest: &[u8], session_id: &SessionId) -> Option<Blacklisted> {
     let key_datum = digest.into_datum()?;
-    let entry = probe(
-        c"blacklist",
-        c"blacklist_pkey",
-        pg_sys::F_BYTEAEQ,
-        key_datum,
-        &BLACKLIST_COLUMNS,
-        |v| {
-            // SAFETY: columns in BLACKLIST_COLUMNS order, typed as the table.
-            unsafe {
-                let id: pgrx::Uuid = get(v, 0);
-                (
-                    *id.as_bytes(),
-                    Blacklisted {
-                        kind: get(v, 1),
-                        generation: get(v, 2),
-                        expires_at: get_ts(v, 3),
-                    },
-                )
-            }
-        },
-    )?;
+    let entry = probe(&BLACKLIST, pg_sys::F_BYTEAEQ, key_datum, |v| {
+        // SAFETY: columns in BLACKLIST_COLUMNS order, of the verified types.
+        unsafe {
+            let id: pgrx::Uuid = get(v, 1);
+            (
+                SessionId::from(id),
+                Blacklisted {
+                    kind: get(v, 2),
+                    generation: get(v, 3),
+                    expires_at: get_ts(v, 4),
+                },
+            )
+        }
+    })?;
     (&entry.0 == session_id).then_some(entry.1)
+}
+
+/// Verifies both probed tables, all their columns (cached), so that every
+/// function raises the same clear error when a table was changed by hand.
+pub fn check_tables() {
+    // SAFETY: catalog lookups in a transaction.
+    unsafe {
+        layout(&SESSIONS);
+        layout(&BLACKLIST);
+    }
 }
 
 /// Values of one fetched tuple, by position in the requested column list.
 type Values<'a> = &'a [(Datum, bool)];
 
-/// Looks `key` up in `index` of `table` (both in `session_auth`) and hands
-/// the requested columns of the visible tuple, if any, to `read`, which must
-/// copy what it keeps: the tuple's buffer is released afterwards.
+/// Looks `key` up in the target's index and hands the requested columns of
+/// the visible tuple, if any, to `read`, which must copy what it keeps: the
+/// tuple's buffer is released afterwards.
 fn probe<R>(
-    table: &CStr,
-    index: &CStr,
+    target: &Target,
     equality: u32,
     key: Datum,
-    columns: &[&CStr],
     read: impl FnOnce(Values<'_>) -> R,
 ) -> Option<R> {
-    // SAFETY: standard catalog lookups and an index scan under the active
-    // snapshot, bracketed by open/close; errors unwind through PostgreSQL,
+    check_tables();
+    // SAFETY: an index scan under the active snapshot, bracketed by
+    // open/close, on relations whose layout `layout` verified and that are
+    // locked before the layout is trusted; errors unwind through PostgreSQL,
     // which releases the relations, the scan and the user id at abort.
     unsafe {
-        let namespace = pg_sys::get_namespace_oid(SCHEMA.as_ptr(), true);
-        if namespace == pg_sys::InvalidOid {
-            return None;
-        }
-        let table_oid = pg_sys::get_relname_relid(table.as_ptr(), namespace);
-        let index_oid = pg_sys::get_relname_relid(index.as_ptr(), namespace);
-        if table_oid == pg_sys::InvalidOid || index_oid == pg_sys::InvalidOid {
-            return None;
-        }
-        let attnums = attnums(table_oid, columns);
-
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-        let rel = pg_sys::table_open(table_oid, lock);
+        let (layout, rel, idx) = loop {
+            let layout = layout(target);
+            let rel = pg_sys::table_open(layout.table, lock);
+            let idx = pg_sys::index_open(layout.index, lock);
+            // Taking the locks delivered any pending invalidation: if one
+            // touched these relations, look again (a DDL that committed just
+            // before; none can run while we hold the locks).
+            if still_cached(&layout) {
+                break (layout, rel, idx);
+            }
+            pg_sys::index_close(idx, lock);
+            pg_sys::table_close(rel, lock);
+            check_tables();
+        };
         let _owner = OwnerRights::switch_to((*(*rel).rd_rel).relowner);
-        let idx = pg_sys::index_open(index_oid, lock);
         let snapshot = if pg_sys::ActiveSnapshotSet() {
             pg_sys::GetActiveSnapshot()
         } else {
@@ -169,7 +245,7 @@ fn probe<R>(
             pg_sys::RegProcedure::from(equality),
             key,
         );
-        let scan = pg_sys::index_beginscan(rel, idx, snapshot, 1, 0);
+        let scan = crate::compat::index_beginscan(rel, idx, snapshot, 1);
         pg_sys::index_rescan(scan, &mut scankey, 1, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         let result = if pg_sys::index_getnext_slot(
@@ -178,7 +254,8 @@ fn probe<R>(
             slot,
         ) {
             pg_sys::slot_getallattrs(slot);
-            let values: Vec<(Datum, bool)> = attnums
+            let values: Vec<(Datum, bool)> = layout
+                .attnums
                 .iter()
                 .map(|&n| (*(*slot).tts_values.add(n), *(*slot).tts_isnull.add(n)))
                 .collect();
@@ -195,30 +272,182 @@ fn probe<R>(
     }
 }
 
-/// Zero-based attribute indexes of `columns` in `table_oid`, cached (shared,
-/// not copied, on the hot path).
-unsafe fn attnums(table_oid: Oid, columns: &[&CStr]) -> Rc<[usize]> {
-    let cached = ATTNUMS.with(|a| {
-        a.borrow()
-            .iter()
-            .find(|(oid, v)| *oid == table_oid && v.len() == columns.len())
-            .map(|(_, v)| Rc::clone(v))
-    });
-    if let Some(v) = cached {
-        return v;
+/// The private schema's oid; a clear error if it is gone.
+unsafe fn namespace() -> Oid {
+    // SAFETY: a syscache lookup in a transaction.
+    let namespace = unsafe { pg_sys::get_namespace_oid(SCHEMA.as_ptr(), true) };
+    if namespace == pg_sys::InvalidOid {
+        error::changed_outside_extension("schema session_auth", "it does not exist");
     }
-    let found: Rc<[usize]> = columns
-        .iter()
-        .map(|name| {
-            let n = pg_sys::get_attnum(table_oid, name.as_ptr());
-            if n <= 0 {
-                crate::error::internal("column missing", name.to_string_lossy());
-            }
-            (n - 1) as usize
-        })
-        .collect();
-    ATTNUMS.with(|a| a.borrow_mut().push((table_oid, Rc::clone(&found))));
-    found
+    namespace
+}
+
+fn cached(target: &Target) -> Option<Layout> {
+    LAYOUTS.with(|l| {
+        l.borrow()
+            .iter()
+            .find(|c| c.name == target.table && c.columns == target.columns.len())
+            .cloned()
+    })
+}
+
+fn still_cached(layout: &Layout) -> bool {
+    cached_by_oids(layout.table, layout.index, layout.columns)
+}
+
+fn cached_by_oids(table: Oid, index: Oid, columns: usize) -> bool {
+    LAYOUTS.with(|l| {
+        l.borrow()
+            .iter()
+            .any(|c| c.table == table && c.index == index && c.columns == columns)
+    })
+}
+
+/// The verified layout of a target: from the cache (no catalog lookup at
+/// all), or found by name and checked now.
+unsafe fn layout(target: &Target) -> Layout {
+    if let Some(layout) = cached(target) {
+        return layout;
+    }
+    let object = format!("session_auth.{}", target.table.to_string_lossy());
+    // SAFETY: syscache lookups in a transaction.
+    let (table_oid, index_oid) = unsafe {
+        let namespace = namespace();
+        (
+            pg_sys::get_relname_relid(target.table.as_ptr(), namespace),
+            pg_sys::get_relname_relid(target.index.as_ptr(), namespace),
+        )
+    };
+    if table_oid == pg_sys::InvalidOid {
+        error::changed_outside_extension(&object, "it does not exist");
+    }
+    if index_oid == pg_sys::InvalidOid {
+        error::changed_outside_extension(
+            &object,
+            &format!("its index {} is missing", target.index.to_string_lossy()),
+        );
+    }
+    // SAFETY: as above.
+    let attnums = unsafe { verify(&object, table_oid, index_oid, target.index, target.columns) };
+    let layout = Layout {
+        name: target.table,
+        table: table_oid,
+        index: index_oid,
+        columns: target.columns.len(),
+        attnums,
+    };
+    LAYOUTS.with(|l| l.borrow_mut().push(layout.clone()));
+    layout
+}
+
+/// Checks that the table and index are what the extension made (see the
+/// module comment) and returns the zero-based column numbers of `columns`.
+unsafe fn verify(
+    object: &str,
+    table_oid: Oid,
+    index_oid: Oid,
+    index: &CStr,
+    columns: &[Column],
+) -> Rc<[usize]> {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: catalog and relcache reads under AccessShareLock, in a
+    // transaction. The table is locked first (any relkind: relation_open
+    // does not care), so every change that committed before is delivered
+    // and none can happen before the transaction ends; the relations are
+    // closed (the locks kept) before returning or raising.
+    unsafe {
+        let rel = pg_sys::relation_open(table_oid, lock);
+        let kind = (*(*rel).rd_rel).relkind as u8;
+        pg_sys::relation_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        if kind != pg_sys::RELKIND_RELATION {
+            error::changed_outside_extension(
+                object,
+                &format!("it is a {}, not a plain table", relkind_name(kind)),
+            );
+        }
+        let attnums: Rc<[usize]> = columns
+            .iter()
+            .map(|c| {
+                let n = pg_sys::get_attnum(table_oid, c.name.as_ptr());
+                if n <= 0 {
+                    error::changed_outside_extension(
+                        object,
+                        &format!("column {} is missing", c.name.to_string_lossy()),
+                    );
+                }
+                let actual = pg_sys::get_atttype(table_oid, n);
+                if actual != c.type_oid {
+                    error::changed_outside_extension(
+                        object,
+                        &format!(
+                            "column {} has another type than the extension gave it",
+                            c.name.to_string_lossy()
+                        ),
+                    );
+                }
+                (n - 1) as usize
+            })
+            .collect();
+        if pg_sys::get_rel_relkind(index_oid) as u8 != pg_sys::RELKIND_INDEX {
+            error::changed_outside_extension(
+                object,
+                &format!("{} is not an index", index.to_string_lossy()),
+            );
+        }
+        let idx = pg_sys::index_open(index_oid, lock);
+        let form = &*(*idx).rd_index;
+        // (index_open refuses what is not an index, with PostgreSQL's own error.)
+        let problem = if form.indrelid != table_oid {
+            Some("belongs to another table")
+        } else if !(form.indisvalid && form.indisready && form.indislive) {
+            Some("is not valid (a failed CREATE INDEX CONCURRENTLY?)")
+        } else if (*(*idx).rd_rel).relam != pg_sys::BTREE_AM_OID {
+            Some("is not a btree")
+        } else if form.indnkeyatts != 1
+            || i32::from(form.indkey.values.as_slice(1)[0]) != (attnums[0] + 1) as i32
+        {
+            Some("is not on the key column")
+        } else if !pg_sys::heap_attisnull(
+            (*idx).rd_indextuple,
+            pg_sys::Anum_pg_index_indpred as i32,
+            std::ptr::null_mut(),
+        ) || !pg_sys::heap_attisnull(
+            (*idx).rd_indextuple,
+            pg_sys::Anum_pg_index_indexprs as i32,
+            std::ptr::null_mut(),
+        ) {
+            Some("is partial or on an expression")
+        } else if *(*idx).rd_opfamily
+            != pg_sys::get_opclass_family(pg_sys::GetDefaultOpClass(
+                columns[0].type_oid,
+                pg_sys::BTREE_AM_OID,
+            ))
+        {
+            Some("does not use the default operator class")
+        } else {
+            None
+        };
+        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+        if let Some(problem) = problem {
+            error::changed_outside_extension(
+                object,
+                &format!("its index {} {problem}", index.to_string_lossy()),
+            );
+        }
+        attnums
+    }
+}
+
+fn relkind_name(kind: u8) -> &'static str {
+    match kind {
+        pg_sys::RELKIND_PARTITIONED_TABLE => "partitioned table",
+        pg_sys::RELKIND_VIEW => "view",
+        pg_sys::RELKIND_MATVIEW => "materialized view",
+        pg_sys::RELKIND_FOREIGN_TABLE => "foreign table",
+        pg_sys::RELKIND_INDEX | pg_sys::RELKIND_PARTITIONED_INDEX => "index",
+        pg_sys::RELKIND_SEQUENCE => "sequence",
+        _ => "relation of another kind",
+    }
 }
 
 /// Runs as the given role until dropped: the equivalent of SECURITY DEFINER
@@ -271,7 +500,7 @@ unsafe fn get_opt_ts(values: Values<'_>, i: usize) -> Option<i64> {
 unsafe fn read_row(v: Values<'_>) -> SessionRow {
     let id: pgrx::Uuid = get(v, 0);
     SessionRow {
-        session_id: *id.as_bytes(),
+        session_id: SessionId::from(id),
         user_id: get(v, 1),
         auth_level: get(v, 2),
         created_at: get_ts(v, 3),
@@ -289,7 +518,7 @@ unsafe fn read_row(v: Values<'_>) -> SessionRow {
         parent_refresh_digest: get_opt(v, 15),
         rotated_at: get_opt_ts(v, 16),
         grace_until: get_opt_ts(v, 17),
-        retry_pair: get_opt(v, 18),
+        retry_key_id: get_opt(v, 18),
         revoked_at: get_opt_ts(v, 19),
         parent_refresh_expires_at: get_opt_ts(v, 20),
     }

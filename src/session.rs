@@ -1,5 +1,6 @@
 //! The session lifecycle: issue, validate, refresh, revoke, list, set data,
-//! reauthenticate.
+//! reauthenticate. The numbered rules cited here ("rule 3") are those of
+//! docs/design.md.
 //!
 //! A token names its session, so every operation starts with one
 //! primary-key probe of `session_auth.sessions`, then decides which of the
@@ -15,29 +16,36 @@
 //! is the common refresh, the current token of a live session: its rotation
 //! is a single guarded `UPDATE` that changes nothing if the row no longer
 //! holds that token, and only then does the refresh lock and decide again.
+//! A refresh token that was current when the call began is never taken for
+//! a stolen one: if a concurrent call rotated it meanwhile, this call gets
+//! that rotation's pair (rule 7), whatever `refresh_grace` is.
 
-use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::backstop;
 use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
 use crate::error::{self, fresh};
 use crate::gucs;
+use crate::ids::SessionId;
 use crate::jsonb::RawJsonb;
 use crate::probe;
-use crate::retry_key;
+use crate::retry_pair;
+use crate::revocation::{self, Event, Reuse};
 use crate::store::{self, SessionRow};
 use crate::token::{self, Kind, Parsed};
 
-/// The status words of the contract.
+/// The status words of the contract, and one of this extension's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     Invalid,
     Revoked,
     Expired,
     ReuseDetected,
+    /// Only `session_reauthenticate` reports it (as SA003, with a HINT): the
+    /// access token is the in-grace parent of the current pair, which still
+    /// validates (rule 6) but may not re-authenticate.
+    Superseded,
 }
 
 impl Status {
@@ -47,6 +55,7 @@ impl Status {
             Status::Revoked => "revoked",
             Status::Expired => "expired",
             Status::ReuseDetected => "reuse_detected",
+            Status::Superseded => "superseded",
         }
     }
 }
@@ -54,7 +63,7 @@ impl Status {
 /// A freshly issued or rotated pair.
 #[derive(Clone, Debug)]
 pub struct Pair {
-    pub session_id: [u8; 16],
+    pub session_id: SessionId,
     pub access_token: String,
     pub access_expires_at: Micros,
     pub refresh_token: String,
@@ -64,7 +73,7 @@ pub struct Pair {
 /// What `session_validate` answers for a good access token.
 #[derive(Clone, Debug)]
 pub struct Validated {
-    pub session_id: [u8; 16],
+    pub session_id: SessionId,
     pub user_id: String,
     pub data: RawJsonb,
     pub auth_level: i32,
@@ -75,7 +84,7 @@ pub struct Validated {
 /// A live session for a "your devices" page.
 #[derive(Clone, Debug)]
 pub struct Listed {
-    pub session_id: [u8; 16],
+    pub session_id: SessionId,
     pub created_at: Micros,
     pub authenticated_at: Micros,
     pub last_refreshed_at: Micros,
@@ -100,7 +109,7 @@ fn new_pair_secrets() -> (token::Secret, token::Secret) {
     (fresh(token::new_secret()), fresh(token::new_secret()))
 }
 
-fn load_for_update(client: &mut SpiClient<'_>, session: &[u8; 16]) -> Option<SessionRow> {
+fn load_for_update(client: &mut SpiClient<'_>, session: &SessionId) -> Option<SessionRow> {
     store::run(
         client,
         &store::LOAD_FOR_UPDATE,
@@ -115,7 +124,7 @@ fn load_for_update(client: &mut SpiClient<'_>, session: &[u8; 16]) -> Option<Ses
 fn identify(
     parsed: &Parsed,
     row: &SessionRow,
-    blacklisted: impl FnOnce(&[u8], &[u8; 16]) -> Option<store::Blacklisted>,
+    blacklisted: impl FnOnce(&[u8], &SessionId) -> Option<store::Blacklisted>,
 ) -> Option<Presented> {
     let (current, parent) = match parsed.kind {
         Kind::Access => (&row.access_digest, &row.parent_access_digest),
@@ -157,12 +166,29 @@ fn identify_locked(
 }
 
 /// Whether the parent pair is still inside its grace window: the one fixed
-/// at rotation, shortened by the caller's current setting.
+/// at rotation, shortened by the caller's current setting (rules 2 and 6).
 fn in_grace(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
     row.grace_until.is_some_and(|until| now < until)
         && row
             .rotated_at
             .is_some_and(|at| now < at.saturating_add(policy.refresh_grace))
+}
+
+/// How long after a refresh rotation a call that presents its parent counts
+/// as racing it (rule 7), whatever `refresh_grace` says: requests sent at the
+/// same instant reach the server a little apart, and one may start while
+/// the rotation is still committing, yet take its snapshot after it.
+pub const RACE_WINDOW: Micros = 100_000;
+
+/// Whether a retry of a refresh rotation's parent gets the same pair: inside
+/// the grace window (rule 2), or racing the rotation (rule 7). Never after a
+/// reauthentication, which has no grace (its `grace_until` is NULL).
+fn may_retry(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
+    in_grace(row, now, policy)
+        || (row.grace_until.is_some()
+            && row
+                .rotated_at
+                .is_some_and(|at| now < at.saturating_add(RACE_WINDOW)))
 }
 
 /// The status of an access token and, when it is good, until when.
@@ -202,16 +228,17 @@ fn access_status(
 }
 
 pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
-    backstop::retry_unlaunched();
     let now = statement_now();
     let policy = Policy::current();
-    let session_id = fresh(token::new_session_key());
+    let session_id = fresh(token::new_session_id());
     let (access, refresh) = new_pair_secrets();
     let access_token = token::encode(Kind::Access, &session_id, &access);
     let refresh_token = token::encode(Kind::Refresh, &session_id, &refresh);
     let absolute = now.saturating_add(policy.absolute_timeout);
     let deadlines = NewPair::at(now, absolute, &policy);
-    Spi::connect_mut(|client| {
+    probe::check_tables();
+    store::connect(|client| {
+        retry_pair::erase_expired(client, now);
         let cap = gucs::MAX_SESSIONS_PER_USER.get();
         if cap > 0 {
             evict_beyond_cap(client, user_id, cap, now, &policy);
@@ -233,15 +260,15 @@ pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
             ],
             |_| (),
         );
-        record_event(
+        let event_id = revocation::record(
             client,
-            "issued",
+            Event::Issued,
             now,
             &session_id,
             user_id,
             json!({ "auth_level": auth_level }),
         );
-        notify(client, "issued", &session_id, user_id);
+        revocation::notify(client, Event::Issued, event_id, &session_id, user_id);
     });
     Pair {
         session_id,
@@ -274,15 +301,15 @@ fn evict_beyond_cap(
         return;
     }
     live.sort_by_key(|r| (r.created_at, r.session_id));
-    let oldest: Vec<[u8; 16]> = live[..live.len() - keep]
+    let oldest: Vec<SessionId> = live[..live.len() - keep]
         .iter()
         .map(|r| r.session_id)
         .collect();
-    revoke_ids(
+    revocation::revoke(
         client,
         &oldest,
         now,
-        "evicted",
+        Event::Evicted,
         json!({ "max_sessions_per_user": cap }),
     );
 }
@@ -308,7 +335,6 @@ pub fn validate(token: Option<&str>) -> Result<Validated, Status> {
 }
 
 pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
-    backstop::retry_unlaunched();
     let token = token.ok_or(Status::Invalid)?;
     let parsed = token::parse(token, Some(Kind::Refresh)).ok_or(Status::Invalid)?;
     let row = probe::session_row(&parsed.session).ok_or(Status::Invalid)?;
@@ -317,8 +343,9 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     let presented = identify(&parsed, &row, probe::blacklisted).ok_or(Status::Invalid)?;
     let now = statement_now();
     let policy = Policy::current();
-    Spi::connect_mut(|client| {
-        if matches!(presented, Presented::Current) {
+    let was_current = matches!(presented, Presented::Current);
+    store::connect(|client| {
+        if was_current {
             // The common case, without a separate row lock: the rotation
             // applies only if the row still holds this token (see ROTATE).
             if let Some(effective) = rotatable(&row, now, &policy) {
@@ -327,7 +354,8 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
                 }
             }
         }
-        refresh_locked(client, &parsed, token, now, &policy)
+        retry_pair::erase_expired(client, now);
+        refresh_locked(client, &parsed, token, now, &policy, was_current)
     })
 }
 
@@ -337,13 +365,16 @@ fn rotatable(row: &SessionRow, now: Micros, policy: &Policy) -> Option<Effective
     (row.revoked_at.is_none() && now < effective.session).then_some(effective)
 }
 
-/// Every refresh rule, decided on the locked row.
+/// Every refresh rule, decided on the locked row. `was_current`: the token
+/// was the current one when this call began, so if it is not any more, a
+/// concurrent call rotated it in the meantime (rule 7).
 fn refresh_locked(
     client: &mut SpiClient<'_>,
     parsed: &Parsed,
     token: &str,
     now: Micros,
     policy: &Policy,
+    was_current: bool,
 ) -> Result<Pair, Status> {
     let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
     let presented = identify_locked(client, parsed, &row).ok_or(Status::Invalid)?;
@@ -354,13 +385,23 @@ fn refresh_locked(
     if now >= effective.session {
         return Err(Status::Expired);
     }
+    // A concurrent refresh rotated the token this call presented while it
+    // was current: the pair that rotation made is this call's answer too,
+    // even with refresh_grace = 0 (then no retry would otherwise be served).
+    let lost_race = was_current && row.grace_until.is_some();
     match presented {
         Presented::Current => Ok(rotate(client, &row, token, now, policy, effective)
             .unwrap_or_else(|| error::internal("rotate", "the locked row changed"))),
-        Presented::Parent if in_grace(&row, now, policy) => {
-            // Rule 2: a lost response or a second tab gets the same pair.
-            retry_pair(client, &row, token, effective).ok_or(Status::Invalid)
+        Presented::Parent if lost_race || may_retry(&row, now, policy) => {
+            // Rule 2: a lost response or a second tab gets the same pair. If
+            // the retry key is gone already (a wait longer than the erase
+            // margin, a restart), the pair cannot be given again: the token
+            // has outlived what its grace allows.
+            retry_pair(client, &row, token, effective).ok_or(Status::Expired)
         }
+        // Superseded while this call waited, by a re-authentication or by
+        // two rotations: not a theft, but no pair to give either.
+        Presented::Parent | Presented::Older { .. } if was_current => Err(Status::Expired),
         Presented::Parent => {
             // Outside the grace a parent past its own deadline is
             // expired, not reuse (precedence: expired first).
@@ -384,6 +425,9 @@ fn refresh_locked(
 }
 
 /// Rule 1: a new pair replaces the current one, which becomes the parent.
+/// The new pair is derived from the presented token and a retry key, so a
+/// retry with that token inside the grace window derives it again
+/// (`retry_pair`).
 fn rotate(
     client: &mut SpiClient<'_>,
     row: &SessionRow,
@@ -392,11 +436,14 @@ fn rotate(
     policy: &Policy,
     effective: Effective,
 ) -> Option<Pair> {
-    let (access, refresh) = new_pair_secrets();
     let grace_until = now.saturating_add(policy.refresh_grace);
-    let key = retry_key::for_rotation(client, now, grace_until);
-    let nonce = fresh(token::new_nonce());
-    let wrapped = token::wrap_pair(presented_refresh, &key, &nonce, &access, &refresh);
+    let key = retry_pair::for_rotation(client, now, grace_until);
+    let (access, refresh) = retry_pair::derive(
+        presented_refresh,
+        &key,
+        &row.session_id,
+        row.generation.saturating_add(1),
+    );
     write_rotation(
         client,
         row,
@@ -406,7 +453,7 @@ fn rotate(
             absolute: effective.absolute,
             access,
             refresh,
-            retry: Some((wrapped, grace_until)),
+            retry: Some((key.id, grace_until)),
             reauth: None,
         },
     )
@@ -418,9 +465,9 @@ struct Rotation<'a> {
     absolute: Micros,
     access: token::Secret,
     refresh: token::Secret,
-    /// For a refresh, the wrapped pair and the end of its grace window;
-    /// `None` for a reauthentication (no grace).
-    retry: Option<(Vec<u8>, Micros)>,
+    /// For a refresh, the retry key the pair was derived with and the end
+    /// of its grace window; `None` for a reauthentication (no grace).
+    retry: Option<(i64, Micros)>,
     /// The level a reauthentication asks for (`Some(None)`: keep the level).
     reauth: Option<Option<i32>>,
 }
@@ -436,7 +483,7 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
     } else {
         "superseded"
     };
-    let (retry_pair, grace_until) = r.retry.unzip();
+    let (retry_key_id, grace_until) = r.retry.unzip();
     let rotated = store::affected(
         client,
         &store::ROTATE,
@@ -444,7 +491,7 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
             store::uuid(&row.session_id),
             store::ts(r.now),
             store::opt_ts(grace_until),
-            retry_pair.as_deref().into(),
+            store::opt_i64(retry_key_id),
             store::bytes(&token::digest(&access_token)),
             store::ts(deadlines.access_expires_at),
             store::bytes(&token::digest(&refresh_token)),
@@ -468,17 +515,16 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
     })
 }
 
-/// The pair that replaced `parent`, rebuilt from the wrapped secrets, with
-/// the caller's effective deadlines.
+/// The pair that replaced `parent`, derived again, with the caller's
+/// effective deadlines; `None` if its retry key has been erased.
 fn retry_pair(
     client: &mut SpiClient<'_>,
     row: &SessionRow,
     parent: &str,
     effective: Effective,
 ) -> Option<Pair> {
-    let wrapped = row.retry_pair.as_deref()?;
-    let key = retry_key::find(client, token::wrapped_key_id(wrapped)?)?;
-    let (access, refresh) = token::unwrap_pair(parent, &key, wrapped)?;
+    let key = retry_pair::find(client, row.retry_key_id?)?;
+    let (access, refresh) = retry_pair::derive(parent, &key, &row.session_id, row.generation);
     let access_token = token::encode(Kind::Access, &row.session_id, &access);
     let refresh_token = token::encode(Kind::Refresh, &row.session_id, &refresh);
     // Only the holder of the true parent derives the true pair; check it.
@@ -494,64 +540,17 @@ fn retry_pair(
 }
 
 /// Rule 3: a superseded refresh token came back. The whole family dies, in
-/// this transaction and, should it roll back, in a backstop worker's
-/// (rule 4).
+/// this transaction and, should it not commit, through the backstop (rule 4).
 fn reuse_detected(client: &mut SpiClient<'_>, row: &SessionRow, replayed: i32, now: Micros) {
-    let job = backstop::Job {
+    let reuse = Reuse {
         session_id: row.session_id,
         detected_at: now,
         presented_generation: replayed,
         current_generation: row.generation,
     };
-    if revoke_for_reuse(client, &job) {
-        backstop::remember(job);
+    if revocation::revoke_for_reuse(client, &reuse) {
+        backstop::detected(&reuse);
     }
-}
-
-/// Revokes a session for reuse with its event and NOTIFY, if it is still
-/// live. Shared by the detecting call and the backstop worker.
-pub fn revoke_for_reuse(client: &mut SpiClient<'_>, job: &backstop::Job) -> bool {
-    revoke_ids(
-        client,
-        &[job.session_id],
-        job.detected_at,
-        "reuse_detected",
-        json!({
-            "presented_generation": job.presented_generation,
-            "current_generation": job.current_generation,
-        }),
-    ) == 1
-}
-
-/// Revokes the given live sessions, records one event each and announces
-/// each. Returns how many were revoked.
-fn revoke_ids(
-    client: &mut SpiClient<'_>,
-    ids: &[[u8; 16]],
-    now: Micros,
-    event: &str,
-    details: Value,
-) -> usize {
-    if ids.is_empty() {
-        return 0;
-    }
-    let uuids: Vec<pgrx::Uuid> = ids.iter().map(|id| pgrx::Uuid::from_bytes(*id)).collect();
-    let revoked: Vec<(pgrx::Uuid, String)> = store::run(
-        client,
-        &store::REVOKE,
-        &[
-            uuids.into(),
-            store::ts(now),
-            event.into(),
-            event.into(),
-            JsonB(details).into(),
-        ],
-        |t| t.map(|r| (store::req(&r, 1), store::req(&r, 2))).collect(),
-    );
-    for (id, user_id) in &revoked {
-        notify(client, event, id.as_bytes(), user_id);
-    }
-    revoked.len()
 }
 
 pub fn revoke_token(token: Option<&str>) -> bool {
@@ -562,46 +561,53 @@ pub fn revoke_token(token: Option<&str>) -> bool {
         return false;
     }
     let now = statement_now();
-    Spi::connect_mut(|client| {
+    store::connect(|client| {
+        retry_pair::erase_expired(client, now);
         let Some(row) = load_for_update(client, &parsed.session) else {
             return false;
         };
         if identify_locked(client, &parsed, &row).is_none() || row.revoked_at.is_some() {
             return false;
         }
-        revoke_ids(client, &[row.session_id], now, "revoked", json!({})) == 1
+        revocation::revoke(client, &[row.session_id], now, Event::Revoked, json!({})) == 1
     })
 }
 
-pub fn revoke_id(session_id: &[u8; 16]) -> bool {
+pub fn revoke_id(session_id: &SessionId) -> bool {
     let now = statement_now();
-    Spi::connect_mut(|client| revoke_ids(client, &[*session_id], now, "revoked", json!({})) == 1)
+    probe::check_tables();
+    store::connect(|client| {
+        retry_pair::erase_expired(client, now);
+        revocation::revoke(client, &[*session_id], now, Event::Revoked, json!({})) == 1
+    })
 }
 
 /// Logout everywhere (but `keep`). Locks the user's sessions in session-id
 /// order, the one order every multi-session operation uses.
-pub fn revoke_user(user_id: &str, keep: Option<&[u8; 16]>) -> usize {
+pub fn revoke_user(user_id: &str, keep: Option<&SessionId>) -> usize {
     let now = statement_now();
     let policy = Policy::current();
-    Spi::connect_mut(|client| {
+    probe::check_tables();
+    store::connect(|client| {
+        retry_pair::erase_expired(client, now);
         let rows: Vec<SessionRow> = store::run(
             client,
             &store::LOAD_USER_FOR_UPDATE,
             &[user_id.into()],
             |t| t.map(|r| SessionRow::read(&r)).collect(),
         );
-        let ids: Vec<[u8; 16]> = rows
+        let ids: Vec<SessionId> = rows
             .iter()
             .filter(|r| Some(&r.session_id) != keep)
             .filter(|r| now < Effective::of(&r.stored(), &policy).session)
             .map(|r| r.session_id)
             .collect();
-        let kept = keep.map(format_uuid);
-        revoke_ids(
+        let kept = keep.map(SessionId::to_string);
+        revocation::revoke(
             client,
             &ids,
             now,
-            "revoked_user",
+            Event::RevokedUser,
             json!({ "kept_session": kept }),
         )
     })
@@ -610,7 +616,8 @@ pub fn revoke_user(user_id: &str, keep: Option<&[u8; 16]>) -> usize {
 pub fn list(user_id: &str) -> Vec<Listed> {
     let now = statement_now();
     let policy = Policy::current();
-    let mut live: Vec<Listed> = Spi::connect_mut(|client| {
+    probe::check_tables();
+    let mut live: Vec<Listed> = store::connect(|client| {
         store::run(client, &store::LIST_USER, &[user_id.into()], |t| {
             t.filter_map(|r| {
                 let row = SessionRow::read(&r);
@@ -635,10 +642,12 @@ pub fn list(user_id: &str) -> Vec<Listed> {
     live
 }
 
-pub fn set_data(session_id: &[u8; 16], data: RawJsonb) -> bool {
+pub fn set_data(session_id: &SessionId, data: RawJsonb) -> bool {
     let now = statement_now();
     let policy = Policy::current();
-    Spi::connect_mut(|client| {
+    probe::check_tables();
+    store::connect(|client| {
+        retry_pair::erase_expired(client, now);
         let Some(row) = load_for_update(client, session_id) else {
             return false;
         };
@@ -656,7 +665,11 @@ pub fn set_data(session_id: &[u8; 16], data: RawJsonb) -> bool {
 }
 
 /// The application verified the user again: a new pair at once, no grace
-/// for the old one, `authenticated_at` now, the level raised if asked.
+/// for the old one, `authenticated_at` now, the level raised if asked. Only
+/// the current access token may do it: the in-grace parent of the current
+/// pair (another tab that has not refreshed yet) is refused, or one tab's
+/// step-up would supersede the pair another tab holds as current, and that
+/// tab's next refresh would look like theft.
 pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pair, Status> {
     let parsed = token
         .and_then(|t| token::parse(t, Some(Kind::Access)))
@@ -666,10 +679,16 @@ pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pa
     }
     let now = statement_now();
     let policy = Policy::current();
-    Spi::connect_mut(|client| {
+    store::connect(|client| {
+        retry_pair::erase_expired(client, now);
         let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
         let presented = identify_locked(client, &parsed, &row).ok_or(Status::Invalid)?;
         access_status(&presented, &row, now, &policy)?;
+        if !matches!(presented, Presented::Current) {
+            return Err(Status::Superseded);
+        }
+        // Fresh secrets, not derived: nothing the old pair's holders know
+        // leads to the pair a re-authentication hands out.
         let (access, refresh) = new_pair_secrets();
         let absolute = Effective::of(&row.stored(), &policy).absolute;
         let pair = write_rotation(
@@ -687,9 +706,9 @@ pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pa
         )
         .unwrap_or_else(|| error::internal("reauthenticate", "the locked row changed"));
         let level = auth_level.map_or(row.auth_level, |l| l.max(row.auth_level));
-        record_event(
+        revocation::record(
             client,
-            "reauthenticated",
+            Event::Reauthenticated,
             now,
             &row.session_id,
             &row.user_id,
@@ -697,50 +716,4 @@ pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pa
         );
         Ok(pair)
     })
-}
-
-fn record_event(
-    client: &mut SpiClient<'_>,
-    event: &str,
-    at: Micros,
-    session_id: &[u8; 16],
-    user_id: &str,
-    details: Value,
-) {
-    store::run(
-        client,
-        &store::INSERT_EVENT,
-        &[
-            event.into(),
-            store::ts(at),
-            store::uuid(session_id),
-            user_id.into(),
-            JsonB(details).into(),
-        ],
-        |_| (),
-    );
-}
-
-/// `NOTIFY session_auth` with `{"event", "session_id", "user_id"}`; sent
-/// when the transaction that recorded the event commits. `user_id` is at
-/// most 256 bytes, so the payload stays far below the 8000-byte limit.
-fn notify(client: &mut SpiClient<'_>, event: &str, session_id: &[u8; 16], user_id: &str) {
-    let payload = json!({
-        "event": event,
-        "session_id": format_uuid(session_id),
-        "user_id": user_id,
-    });
-    store::notify(client, &payload.to_string());
-}
-
-pub fn format_uuid(id: &[u8; 16]) -> String {
-    let h = hex::encode(id);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }

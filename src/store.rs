@@ -3,7 +3,15 @@
 //! Plans are kept with `SPI_keepplan`, so a call costs an executor run, not
 //! a parse and plan. PostgreSQL's plan cache revalidates them if the tables
 //! change (or the extension is dropped and created again). All names are
-//! schema-qualified.
+//! schema-qualified, and every statement runs with `search_path` pinned to
+//! `pg_catalog, pg_temp` (the SECURITY DEFINER functions' SET clause, the
+//! workers' session settings), so operators and functions resolve in
+//! `pg_catalog` only.
+//!
+//! No parameter is ever a secret (a token, a key, a pair): `auto_explain`
+//! prints the parameters of nested statements in custom plans (and, from
+//! PostgreSQL 16, as "Query Parameters"). Digests are parameters: a reader
+//! of the tables has them anyway.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,9 +20,10 @@ use std::rc::Rc;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgBuiltInOids as T;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
-use pgrx::{FromDatum, IntoDatum, PgOid};
+use pgrx::{pg_sys, FromDatum, IntoDatum, PgOid};
 
 use crate::error;
+use crate::ids::SessionId;
 
 /// A statement and the types of its parameters.
 pub struct Stmt {
@@ -31,6 +40,54 @@ pub struct Stmt {
 thread_local! {
     static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> =
         RefCell::new(HashMap::new());
+    /// The memory context the running API call was entered in; see `connect`.
+    static CALLER_CONTEXT: std::cell::Cell<pg_sys::MemoryContext> =
+        const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// `Spi::connect_mut` for the API functions, with the values read from SPI
+/// results kept in the memory context the call was entered in.
+///
+/// pgrx copies every value it reads from an SPI result into the parent of
+/// SPI's own context, which for our (atomic) SPI connections is
+/// `TopTransactionContext`: a loop of calls in one transaction kept every
+/// call's values until the end (3,000 `session_list` calls held 900 MB). The
+/// call's own context is right-sized: a function's per-call memory, or for a
+/// set-returning function the memory of the whole scan, which its rows need.
+pub fn connect<R>(body: impl FnOnce(&mut SpiClient<'_>) -> R) -> R {
+    // SAFETY: reads the backend's current memory context.
+    let caller = unsafe { pg_sys::CurrentMemoryContext };
+    let outer = CALLER_CONTEXT.with(|c| c.replace(caller));
+    let result = pgrx::spi::Spi::connect_mut(body);
+    CALLER_CONTEXT.with(|c| c.set(outer));
+    result
+}
+
+/// Runs `read` with a throwaway child of the caller's context current, so
+/// that pgrx copies the values it reads into the caller's context (the
+/// parent of the current one); outside `connect`, pgrx's default.
+fn reading_into_caller<R>(read: impl FnOnce() -> R) -> R {
+    let caller = CALLER_CONTEXT.with(std::cell::Cell::get);
+    if caller.is_null() {
+        return read();
+    }
+    // SAFETY: a child of a live context, made current for `read` only and
+    // deleted after it; on an ERROR the transaction's cleanup resets the
+    // current context, and the child goes with the caller's.
+    unsafe {
+        let child = pg_sys::AllocSetContextCreateExtended(
+            caller,
+            c"pg_session_auth read".as_ptr(),
+            0,
+            pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+            pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+        );
+        let previous = pg_sys::MemoryContextSwitchTo(child);
+        let result = read();
+        pg_sys::MemoryContextSwitchTo(previous);
+        pg_sys::MemoryContextDelete(child);
+        result
+    }
 }
 
 fn plan(client: &SpiClient<'_>, stmt: &Stmt) -> Rc<OwnedPreparedStatement> {
@@ -65,7 +122,8 @@ pub fn run<'conn, R>(
     } else {
         client.select(&*plan, None, args)
     };
-    read(result.unwrap_or_else(|e| error::internal(stmt.name, e)))
+    let table = result.unwrap_or_else(|e| error::internal(stmt.name, e));
+    reading_into_caller(|| read(table))
 }
 
 /// Column `n` (1-based) of a row, NULL as `None`.
@@ -97,8 +155,15 @@ pub fn opt_ts(us: Option<i64>) -> DatumWithOid<'static> {
     }
 }
 
-pub fn uuid(key: &[u8; 16]) -> DatumWithOid<'static> {
-    pgrx::Uuid::from_bytes(*key).into()
+pub fn uuid(id: &SessionId) -> DatumWithOid<'static> {
+    pgrx::Uuid::from(*id).into()
+}
+
+pub fn opt_i64(v: Option<i64>) -> DatumWithOid<'static> {
+    match v {
+        Some(v) => v.into(),
+        None => DatumWithOid::null_oid(T::INT8OID.value()),
+    }
 }
 
 /// A timestamptz column as microseconds.
@@ -121,11 +186,6 @@ pub fn affected(client: &mut SpiClient<'_>, stmt: &Stmt, args: &[DatumWithOid<'_
     run(client, stmt, args, |t| t.len() as u64)
 }
 
-/// Sends `NOTIFY channel, payload`, delivered when the transaction commits.
-pub fn notify(client: &mut SpiClient<'_>, payload: &str) {
-    run(client, &NOTIFY, &[payload.into()], |_| ());
-}
-
 // ---------------------------------------------------------------------------
 // The statements.
 
@@ -136,7 +196,7 @@ macro_rules! session_columns {
          generation, access_digest, access_issued_at, access_expires_at, refresh_digest, \
          refresh_expires_at, absolute_expires_at, parent_access_digest, \
          parent_access_expires_at, parent_refresh_digest, rotated_at, grace_until, \
-         retry_pair, revoked_at, parent_refresh_expires_at"
+         retry_key_id, revoked_at, parent_refresh_expires_at"
     };
 }
 
@@ -236,7 +296,7 @@ pub static ROTATE: Stmt = Stmt {
               parent_access_expires_at = access_expires_at, \
               parent_refresh_digest = refresh_digest, \
               parent_refresh_expires_at = refresh_expires_at, \
-              rotated_at = $2, grace_until = $3, retry_pair = $4, \
+              rotated_at = $2, grace_until = $3, retry_key_id = $4, \
               access_digest = $5, access_issued_at = $2, access_expires_at = $6, \
               refresh_digest = $7, refresh_expires_at = $8, last_refreshed_at = $2, \
               authenticated_at = coalesce($9, authenticated_at), \
@@ -256,7 +316,7 @@ pub static ROTATE: Stmt = Stmt {
         T::UUIDOID,
         T::TIMESTAMPTZOID,
         T::TIMESTAMPTZOID,
-        T::BYTEAOID,
+        T::INT8OID,
         T::BYTEAOID,
         T::TIMESTAMPTZOID,
         T::BYTEAOID,
@@ -274,12 +334,13 @@ pub static ROTATE: Stmt = Stmt {
 };
 
 /// Revokes live sessions by id, blacklists their current pairs and records
-/// one event per session, in one statement. Returns what a NOTIFY needs.
+/// one event per session, in one statement. Returns what a NOTIFY needs,
+/// the event's id included. `$3` is the event (and the revocation reason).
 pub static REVOKE: Stmt = Stmt {
     name: "revoke",
     sql: "WITH r AS ( \
             UPDATE session_auth.sessions SET revoked_at = $2, revoked_reason = $3, \
-              retry_pair = NULL \
+              retry_key_id = NULL \
             WHERE session_id = ANY($1) AND revoked_at IS NULL \
             RETURNING session_id, user_id, generation, access_digest, access_expires_at, \
                       refresh_digest, refresh_expires_at), \
@@ -294,25 +355,23 @@ pub static REVOKE: Stmt = Stmt {
             ON CONFLICT (digest) DO NOTHING), \
           e AS ( \
             INSERT INTO session_auth.events (event, at, session_id, user_id, details) \
-            SELECT $4, $2, r.session_id, r.user_id, $5 FROM r) \
-          SELECT session_id, user_id FROM r ORDER BY session_id",
-    args: &[
-        T::UUIDARRAYOID,
-        T::TIMESTAMPTZOID,
-        T::TEXTOID,
-        T::TEXTOID,
-        T::JSONBOID,
-    ],
+            SELECT $3, $2, r.session_id, r.user_id, $4 FROM r \
+            RETURNING session_id, user_id, event_id) \
+          SELECT session_id, user_id, event_id FROM e ORDER BY session_id",
+    args: &[T::UUIDARRAYOID, T::TIMESTAMPTZOID, T::TEXTOID, T::JSONBOID],
     writes: true,
 };
 
 /// Serialises logins of one user while a session cap applies, so two racing
-/// logins cannot both see room under the cap. Held until the transaction
-/// ends; hash collisions only serialise a little more.
+/// logins cannot both see room under the cap: a row lock on one of 1024
+/// slots of a private table, held until the transaction ends. Not an
+/// advisory lock: those are open to every role that can connect, and 0.1.0's
+/// let a CONNECT-only role stall a user's logins. Hash collisions only
+/// serialise a little more.
 pub static LOCK_USER_LOGINS: Stmt = Stmt {
     name: "lock_user_logins",
-    sql: "SELECT pg_catalog.pg_advisory_xact_lock( \
-            pg_catalog.hashtext('pg_session_auth logins'), pg_catalog.hashtext($1))",
+    sql: "SELECT FROM session_auth.login_locks \
+          WHERE slot = pg_catalog.hashtext($1) & 1023 FOR UPDATE",
     args: &[T::TEXTOID],
     writes: true,
 };
@@ -320,7 +379,7 @@ pub static LOCK_USER_LOGINS: Stmt = Stmt {
 pub static INSERT_EVENT: Stmt = Stmt {
     name: "insert_event",
     sql: "INSERT INTO session_auth.events (event, at, session_id, user_id, details) \
-          VALUES ($1, $2, $3, $4, $5)",
+          VALUES ($1, $2, $3, $4, $5) RETURNING event_id",
     args: &[
         T::TEXTOID,
         T::TIMESTAMPTZOID,
@@ -401,9 +460,9 @@ pub static PURGE_SESSIONS: Stmt = Stmt {
 pub static PURGE_EVENTS: Stmt = purge_batch!("purge_events", "events", "at");
 
 /// Erases the retry keys whose every grace window is over, and with them
-/// every retry pair wrapped under them (see `retry_key`).
-pub static PURGE_RETRY_KEYS: Stmt = Stmt {
-    name: "purge_retry_keys",
+/// the means to derive any pair made with them (see `retry_pair`).
+pub static ERASE_RETRY_KEYS: Stmt = Stmt {
+    name: "erase_retry_keys",
     sql: "DELETE FROM session_auth.retry_keys WHERE key_id = ANY (ARRAY( \
             SELECT key_id FROM session_auth.retry_keys WHERE erase_after < $1 \
             FOR UPDATE SKIP LOCKED))",
@@ -411,10 +470,18 @@ pub static PURGE_RETRY_KEYS: Stmt = Stmt {
     writes: true,
 };
 
+/// A new retry key. Its secret is made here, from PostgreSQL's strong random
+/// source (`gen_random_uuid()` reads it, 122 bits each), never passed in: a
+/// parameter could show in a log or a plan. Three uuids hashed to 256 bits.
 pub static INSERT_RETRY_KEY: Stmt = Stmt {
     name: "insert_retry_key",
-    sql: "INSERT INTO session_auth.retry_keys (key_id, secret, erase_after) VALUES ($1, $2, $3)",
-    args: &[T::INT8OID, T::BYTEAOID, T::TIMESTAMPTZOID],
+    sql: "INSERT INTO session_auth.retry_keys (key_id, secret, erase_after) \
+          VALUES ($1, pg_catalog.sha256( \
+                    pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) \
+                    || pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) \
+                    || pg_catalog.uuid_send(pg_catalog.gen_random_uuid())), $2) \
+          RETURNING secret",
+    args: &[T::INT8OID, T::TIMESTAMPTZOID],
     writes: true,
 };
 
@@ -424,6 +491,23 @@ pub static FIND_RETRY_KEY: Stmt = Stmt {
     name: "find_retry_key",
     sql: "SELECT secret FROM session_auth.retry_keys WHERE key_id = $1",
     args: &[T::INT8OID],
+    writes: true,
+};
+
+/// The backstop's lock on a session it must make sure is revoked: `SKIP
+/// LOCKED`, so it never waits for a caller. No row: locked, or gone.
+pub static LOCK_SESSION_NOWAIT: Stmt = Stmt {
+    name: "lock_session_nowait",
+    sql: "SELECT revoked_at IS NOT NULL FROM session_auth.sessions \
+          WHERE session_id = $1 FOR UPDATE SKIP LOCKED",
+    args: &[T::UUIDOID],
+    writes: true,
+};
+
+pub static SESSION_EXISTS: Stmt = Stmt {
+    name: "session_exists",
+    sql: "SELECT EXISTS (SELECT FROM session_auth.sessions WHERE session_id = $1)",
+    args: &[T::UUIDOID],
     writes: true,
 };
 
@@ -454,7 +538,7 @@ pub static RECORD_PURGE: Stmt = Stmt {
 /// A session row, without its data.
 #[derive(Clone, Debug)]
 pub struct SessionRow {
-    pub session_id: [u8; 16],
+    pub session_id: SessionId,
     pub user_id: String,
     pub auth_level: i32,
     pub created_at: i64,
@@ -472,7 +556,9 @@ pub struct SessionRow {
     pub parent_refresh_digest: Option<Vec<u8>>,
     pub rotated_at: Option<i64>,
     pub grace_until: Option<i64>,
-    pub retry_pair: Option<Vec<u8>>,
+    /// The retry key the current pair was derived with (a refresh), or
+    /// `None` (issue, re-authentication, revocation).
+    pub retry_key_id: Option<i64>,
     pub revoked_at: Option<i64>,
     pub parent_refresh_expires_at: Option<i64>,
 }
@@ -483,10 +569,8 @@ pub const SESSION_COLUMNS: usize = 21;
 impl SessionRow {
     pub fn read(row: &SpiHeapTupleData<'_>) -> Self {
         let id: pgrx::Uuid = req(row, 1);
-        let mut session_id = [0u8; 16];
-        session_id.copy_from_slice(id.as_bytes());
         SessionRow {
-            session_id,
+            session_id: SessionId::from(id),
             user_id: req(row, 2),
             auth_level: req(row, 3),
             created_at: req_ts(row, 4),
@@ -504,7 +588,7 @@ impl SessionRow {
             parent_refresh_digest: col(row, 16),
             rotated_at: ts_col(row, 17),
             grace_until: ts_col(row, 18),
-            retry_pair: col(row, 19),
+            retry_key_id: col(row, 19),
             revoked_at: ts_col(row, 20),
             parent_refresh_expires_at: ts_col(row, 21),
         }
@@ -540,7 +624,7 @@ pub fn first_row<'conn, R>(
 pub fn find_blacklisted(
     client: &mut SpiClient<'_>,
     digest: &[u8],
-    session_id: &[u8; 16],
+    session_id: &SessionId,
 ) -> Option<Blacklisted> {
     run(
         client,
@@ -563,7 +647,7 @@ mod unit_tests {
         let selected: Vec<&str> = session_columns!().split(',').map(str::trim).collect();
         let probed: Vec<String> = crate::probe::SESSION_COLUMNS[..super::SESSION_COLUMNS]
             .iter()
-            .map(|c| c.to_string_lossy().into_owned())
+            .map(|c| c.name.to_string_lossy().into_owned())
             .collect();
         assert_eq!(selected.len(), super::SESSION_COLUMNS);
         assert_eq!(selected, probed);

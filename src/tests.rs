@@ -155,11 +155,23 @@ mod tests {
     }
 
     #[pg_test]
-    fn parent_without_grace_is_reuse() {
+    fn without_grace_a_parent_racing_its_rotation_gets_the_pair_and_an_ancestor_is_reuse() {
+        // One statement: its clock does not move, so every call here races
+        // the rotation (rule 7: RACE_WINDOW), even with no grace at all. That
+        // the parent is reuse once the race window is over, with real time
+        // passing, is in tests/pg_regress/sql/03_refresh.sql.
         let (id, _, r1) = issue("frank");
-        let (_, _, _r2) = refresh(&r1);
         Spi::run("SET LOCAL session_auth.refresh_grace = 0").unwrap();
-        assert_eq!(refresh(&r1).0, "reuse_detected");
+        let (_, _, r2) = refresh(&r1);
+        let (status, _, again) = refresh(&r1);
+        assert_eq!((status.as_str(), &again), ("ok", &r2));
+        assert_eq!(events("reuse_detected", &id), 0);
+        let (_, _, _r3) = refresh(r2.as_deref().unwrap());
+        assert_eq!(
+            refresh(&r1).0,
+            "reuse_detected",
+            "an older ancestor never races"
+        );
         assert_eq!(events("reuse_detected", &id), 1);
     }
 
@@ -403,15 +415,14 @@ mod tests {
     }
 
     #[pg_test]
-    fn retry_pairs_become_unreadable_once_their_key_is_erased_and_go_at_revocation() {
-        let (id, _, r1) = issue("wrapped");
+    fn retry_keys_outlive_the_grace_only_by_the_margin_and_revocation_unlinks_them() {
+        let (id, _, r1) = issue("keyed");
         let (status, _, rotated) = refresh(&r1);
         assert_eq!(status, "ok");
         let key_held = |id: &str| -> bool {
             one(&format!(
                 "SELECT EXISTS (SELECT FROM session_auth.retry_keys k, session_auth.sessions s \
-                 WHERE s.session_id = '{id}' \
-                   AND k.key_id = ('x' || encode(substring(s.retry_pair FROM 1 FOR 8), 'hex'))::bit(64)::bigint)"
+                 WHERE s.session_id = '{id}' AND k.key_id = s.retry_key_id)"
             ))
         };
         assert!(key_held(&id), "within the grace the retry key is kept");
@@ -427,26 +438,19 @@ mod tests {
             .unwrap();
         Spi::run("SELECT session_purge()").unwrap();
         assert!(!key_held(&id), "erased once its grace windows are over");
-        let wrapped_left: bool = one(&format!(
-            "SELECT retry_pair IS NOT NULL FROM session_auth.sessions WHERE session_id = '{id}'"
-        ));
-        assert!(
-            wrapped_left,
-            "the row is untouched: its pair is unreadable, not cleared"
-        );
         let (status, _, _) = refresh(&r1);
         assert_eq!(
-            status, "invalid",
-            "without the key the parent cannot unwrap the pair"
+            status, "expired",
+            "without the key the parent cannot derive the pair again, and it is no theft"
         );
 
-        let (other, _, r) = issue("wrapped2");
+        let (other, _, r) = issue("keyed2");
         refresh(&r);
         Spi::run(&format!("SELECT session_revoke_id('{other}')")).unwrap();
-        let cleared: bool = one(&format!(
-            "SELECT retry_pair IS NULL FROM session_auth.sessions WHERE session_id = '{other}'"
+        let unlinked: bool = one(&format!(
+            "SELECT retry_key_id IS NULL FROM session_auth.sessions WHERE session_id = '{other}'"
         ));
-        assert!(cleared, "cleared at revocation");
+        assert!(unlinked, "a revoked session names no retry key");
     }
 
     #[pg_test]

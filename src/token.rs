@@ -13,11 +13,12 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::ids::SessionId;
 
 pub const SECRET_LEN: usize = 32;
 pub const SESSION_ID_LEN: usize = 16;
@@ -29,7 +30,6 @@ const PREFIX_LEN: usize = 8;
 pub const TOKEN_LEN: usize = PREFIX_LEN + BODY_CHARS;
 
 pub type Secret = [u8; SECRET_LEN];
-pub type SessionKey = [u8; SESSION_ID_LEN];
 pub type Digest = [u8; 32];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,14 +60,14 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct Parsed {
     pub kind: Kind,
-    pub session: SessionKey,
+    pub session: SessionId,
     pub digest: Digest,
 }
 
 /// Fresh random bytes from the OS. Failure to read the OS source is not
 /// something to paper over: the caller turns it into an error
 /// (`error::fresh`).
-fn random_bytes<const N: usize>() -> Result<[u8; N], rand::Error> {
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], rand::Error> {
     let mut bytes = [0u8; N];
     OsRng.try_fill_bytes(&mut bytes)?;
     Ok(bytes)
@@ -77,17 +77,13 @@ pub fn new_secret() -> Result<Secret, rand::Error> {
     random_bytes()
 }
 
-pub fn new_session_key() -> Result<SessionKey, rand::Error> {
-    let mut key: SessionKey = random_bytes()?;
-    // RFC 4122 version 4, variant 1, so the id reads as an ordinary uuid.
-    key[6] = (key[6] & 0x0f) | 0x40;
-    key[8] = (key[8] & 0x3f) | 0x80;
-    Ok(key)
+pub fn new_session_id() -> Result<SessionId, rand::Error> {
+    random_bytes().map(SessionId::random_from)
 }
 
-pub fn encode(kind: Kind, session: &SessionKey, secret: &Secret) -> String {
+pub fn encode(kind: Kind, session: &SessionId, secret: &Secret) -> String {
     let mut body = [0u8; BODY_BYTES];
-    body[..SESSION_ID_LEN].copy_from_slice(session);
+    body[..SESSION_ID_LEN].copy_from_slice(session.as_bytes());
     body[SESSION_ID_LEN..].copy_from_slice(secret);
     let mut token = String::with_capacity(TOKEN_LEN);
     token.push_str(kind.prefix());
@@ -126,7 +122,7 @@ pub fn parse(token: &str, expected: Option<Kind>) -> Option<Parsed> {
     session.copy_from_slice(&body[..SESSION_ID_LEN]);
     Some(Parsed {
         kind,
-        session,
+        session: SessionId::from_bytes(session),
         digest: digest(token),
     })
 }
@@ -139,115 +135,12 @@ pub fn same_digest(presented: &Digest, stored: Option<&[u8]>) -> bool {
     }
 }
 
-/// A key that wraps retry pairs (see `retry_key`): erasing it makes every
-/// pair wrapped under it unreadable.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryKey {
-    pub id: i64,
-    pub secret: Secret,
-}
-
-const KEY_ID_LEN: usize = 8;
-pub const NONCE_LEN: usize = 16;
-pub type Nonce = [u8; NONCE_LEN];
-const WRAPPED_LEN: usize = KEY_ID_LEN + NONCE_LEN + 2 * SECRET_LEN;
-
-/// A fresh nonce for [`wrap_pair`].
-pub fn new_nonce() -> Result<Nonce, rand::Error> {
-    random_bytes()
-}
-
-/// A fresh id for a [`RetryKey`].
-pub fn new_key_id() -> Result<i64, rand::Error> {
-    random_bytes().map(i64::from_be_bytes)
-}
-
-/// The secrets of the pair that replaced a refresh token, wrapped under keys
-/// derived from that refresh token, a retry key and a per-rotation nonce:
-/// `key id || nonce || access ^ k1 || refresh ^ k2`. A retry with the
-/// superseded token (a lost response, a second tab) unwraps them and answers
-/// the very same pair, without the database ever holding a usable token;
-/// once the retry key is erased, not even the holder of the superseded token
-/// can unwrap them. The nonce keeps two wrappings under one token and key
-/// (a rotation rolled back, then retried) from sharing a pad.
-pub fn wrap_pair(
-    parent_refresh: &str,
-    key: &RetryKey,
-    nonce: &Nonce,
-    access: &Secret,
-    refresh: &Secret,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(WRAPPED_LEN);
-    out.extend(key.id.to_be_bytes());
-    out.extend(nonce);
-    out.extend(xor(
-        access,
-        &wrap_key(parent_refresh, key, nonce, b"access"),
-    ));
-    out.extend(xor(
-        refresh,
-        &wrap_key(parent_refresh, key, nonce, b"refresh"),
-    ));
-    out
-}
-
-/// The id of the retry key a wrapped pair needs; `None` if the stored value
-/// is not a wrapped pair.
-pub fn wrapped_key_id(wrapped: &[u8]) -> Option<i64> {
-    if wrapped.len() != WRAPPED_LEN {
-        return None;
-    }
-    let id: [u8; KEY_ID_LEN] = wrapped[..KEY_ID_LEN].try_into().ok()?;
-    Some(i64::from_be_bytes(id))
-}
-
-/// Inverse of [`wrap_pair`]; `None` if the stored value is not a wrapped
-/// pair or was wrapped under another key.
-pub fn unwrap_pair(
-    parent_refresh: &str,
-    key: &RetryKey,
-    wrapped: &[u8],
-) -> Option<(Secret, Secret)> {
-    if wrapped_key_id(wrapped)? != key.id {
-        return None;
-    }
-    let (nonce, rest) = wrapped[KEY_ID_LEN..].split_at(NONCE_LEN);
-    let nonce: Nonce = nonce.try_into().ok()?;
-    let (access, refresh) = rest.split_at(SECRET_LEN);
-    let access: Secret = access.try_into().ok()?;
-    let refresh: Secret = refresh.try_into().ok()?;
-    Some((
-        xor(&access, &wrap_key(parent_refresh, key, &nonce, b"access")),
-        xor(&refresh, &wrap_key(parent_refresh, key, &nonce, b"refresh")),
-    ))
-}
-
-/// HMAC-SHA-256 keyed with the parent refresh token over fixed-length
-/// fields (label last), so no two inputs can run into each other.
-fn wrap_key(parent_refresh: &str, key: &RetryKey, nonce: &Nonce, label: &[u8]) -> Secret {
-    let mut mac = Hmac::<Sha256>::new_from_slice(parent_refresh.as_bytes())
-        .expect("HMAC accepts keys of any length");
-    mac.update(b"pg_session_auth retry pair ");
-    mac.update(&key.secret);
-    mac.update(nonce);
-    mac.update(label);
-    mac.finalize().into_bytes().into()
-}
-
-fn xor(a: &Secret, b: &Secret) -> Secret {
-    let mut out = [0u8; SECRET_LEN];
-    for (o, (x, y)) in out.iter_mut().zip(a.iter().zip(b.iter())) {
-        *o = x ^ y;
-    }
-    out
-}
-
 #[cfg(test)]
 mod unit_tests {
     use super::*;
 
-    fn sample(kind: Kind) -> (SessionKey, Secret, String) {
-        let session = new_session_key().unwrap();
+    fn sample(kind: Kind) -> (SessionId, Secret, String) {
+        let session = new_session_id().unwrap();
         let secret = new_secret().unwrap();
         let token = encode(kind, &session, &secret);
         (session, secret, token)
@@ -295,48 +188,9 @@ mod unit_tests {
         let a = new_secret().unwrap();
         let b = new_secret().unwrap();
         assert_ne!(a, b);
-        let key = new_session_key().unwrap();
-        assert_eq!(key[6] >> 4, 4, "uuid version 4");
-        assert_eq!(key[8] >> 6, 2, "uuid variant 1");
-    }
-
-    #[test]
-    fn wrapped_pair_unwraps_only_with_the_parent_and_the_key() {
-        let (_, _, parent) = sample(Kind::Refresh);
-        let (_, _, other) = sample(Kind::Refresh);
-        let key = RetryKey {
-            id: -42,
-            secret: new_secret().unwrap(),
-        };
-        let a = new_secret().unwrap();
-        let r = new_secret().unwrap();
-        let nonce = new_nonce().unwrap();
-        let wrapped = wrap_pair(&parent, &key, &nonce, &a, &r);
-        assert_eq!(wrapped_key_id(&wrapped), Some(-42));
-        let rewrapped = wrap_pair(&parent, &key, &new_nonce().unwrap(), &a, &r);
-        assert_ne!(
-            wrapped[8 + NONCE_LEN..],
-            rewrapped[8 + NONCE_LEN..],
-            "another nonce, another pad"
-        );
-        assert!(!wrapped.windows(SECRET_LEN).any(|w| w == a || w == r));
-        assert_eq!(unwrap_pair(&parent, &key, &wrapped), Some((a, r)));
-        assert_ne!(unwrap_pair(&other, &key, &wrapped), Some((a, r)));
-        let same_id_other_secret = RetryKey {
-            id: -42,
-            secret: new_secret().unwrap(),
-        };
-        assert_ne!(
-            unwrap_pair(&parent, &same_id_other_secret, &wrapped),
-            Some((a, r))
-        );
-        let other_id = RetryKey {
-            id: 7,
-            ..key.clone()
-        };
-        assert_eq!(unwrap_pair(&parent, &other_id, &wrapped), None);
-        assert_eq!(unwrap_pair(&parent, &key, &wrapped[1..]), None);
-        assert_eq!(wrapped_key_id(&wrapped[1..]), None);
+        let id = new_session_id().unwrap();
+        assert_eq!(id.as_bytes()[6] >> 4, 4, "uuid version 4");
+        assert_eq!(id.as_bytes()[8] >> 6, 2, "uuid variant 1");
     }
 
     #[test]

@@ -12,8 +12,11 @@
 //! the worker calls it as a top-level command, outside any transaction
 //! block, as a client's VACUUM runs. It runs with `SKIP_LOCKED` (a table
 //! that autovacuum or a DBA is vacuuming is skipped, nobody waits),
-//! `TRUNCATE false` and autovacuum's cost-based delay, so it never competes
-//! hard with the hot path and takes no lock that blocks reads or writes.
+//! `TRUNCATE false`, `PARALLEL 0` (no parallel workers to start, or to fail
+//! to start during a shutdown) and autovacuum's cost-based delay, so it
+//! never competes hard with the hot path and takes no lock that blocks
+//! reads or writes. SIGTERM ends it at its next cost-delay point, as it
+//! ends any backend's VACUUM (the worker's SIGTERM handler is `die`).
 
 use pgrx::prelude::*;
 use pgrx::PgList;
@@ -22,12 +25,23 @@ use pgrx::PgList;
 /// VACUUM now: a tenth of the table and at least 1000, by the cumulative
 /// statistics (which lag a second or so). Names come back qualified and
 /// quoted (`quote_ident`), ready to be spliced into a VACUUM.
-pub const DUE_SQL: &str = "SELECT pg_catalog.quote_ident(n.nspname) || '.' || \
-      pg_catalog.quote_ident(c.relname) FROM pg_catalog.pg_class c \
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-    WHERE n.nspname = 'session_auth' AND c.relname IN ('blacklist', 'sessions', 'events') \
-      AND pg_catalog.pg_stat_get_dead_tuples(c.oid) \
-          >= greatest(1000, 0.1 * greatest(c.reltuples, 0)) \
+///
+/// This runs as the bootstrap superuser. The worker's session resolves names
+/// in `pg_catalog` only, and still every operator here is spelled
+/// `OPERATOR(pg_catalog.x)` with both sides of one type (0.1.0 compared
+/// `bigint >= double precision` through the default search_path, and a
+/// `public.>=` planted by an application role ran as superuser).
+pub const DUE_SQL: &str = "SELECT pg_catalog.quote_ident(n.nspname::pg_catalog.text) \
+        OPERATOR(pg_catalog.||) '.' \
+        OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname::pg_catalog.text) \
+    FROM pg_catalog.pg_class c \
+    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+    WHERE n.nspname OPERATOR(pg_catalog.=) 'session_auth'::pg_catalog.name \
+      AND c.relname OPERATOR(pg_catalog.=) ANY ('{blacklist,sessions,events}'::pg_catalog.name[]) \
+      AND pg_catalog.pg_stat_get_dead_tuples(c.oid)::pg_catalog.float8 \
+          OPERATOR(pg_catalog.>=) GREATEST(1000::pg_catalog.float8, \
+              0.1::pg_catalog.float8 OPERATOR(pg_catalog.*) \
+              GREATEST(c.reltuples::pg_catalog.float8, 0::pg_catalog.float8)) \
     ORDER BY c.relname";
 
 /// One VACUUM statement for the due tables (as `DUE_SQL` gives them:
@@ -39,7 +53,10 @@ pub fn statement(due: &[String]) -> Option<std::ffi::CString> {
     if due.is_empty() {
         return None;
     }
-    let sql = format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {}", due.join(", "));
+    let sql = format!(
+        "VACUUM (SKIP_LOCKED, TRUNCATE false, PARALLEL 0) {}",
+        due.join(", ")
+    );
     std::ffi::CString::new(sql).ok()
 }
 
@@ -95,14 +112,7 @@ pub unsafe fn run_top_level(sql: &std::ffi::CStr) {
         // VACUUM keeps its working memory under PortalContext, which a
         // background worker has none of.
         pg_sys::PortalContext = cx;
-        // A VACUUM can run for a while (cost-delayed, on a large table), and
-        // the worker's own SIGTERM handler only sets a flag it checks between
-        // batches: while VACUUM runs, SIGTERM ends the process at VACUUM's
-        // next interrupt check, as it would end any backend's.
-        let worker_handler = pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
-        WORKER_SIGTERM.with(|h| h.set(worker_handler));
         pg_sys::ExecVacuum(pstate, stmt, true);
-        restore_sigterm();
         pg_sys::PortalContext = std::ptr::null_mut();
         pg_sys::CommitTransactionCommand();
         pg_sys::MemoryContextReset(cx);
@@ -118,25 +128,5 @@ pub unsafe fn after_error() {
     unsafe {
         pg_sys::PortalContext = std::ptr::null_mut();
         pg_sys::MemoryContextReset(context());
-    }
-    restore_sigterm();
-}
-
-unsafe extern "C-unwind" {
-    /// PostgreSQL's own SIGTERM handler for backends (sets ProcDiePending
-    /// and the latch), the raw symbol: a signal handler must not go through
-    /// pgrx's guarded wrapper.
-    fn die(signal: std::ffi::c_int);
-}
-
-thread_local! {
-    /// The worker's SIGTERM handler while `die` stands in for it.
-    static WORKER_SIGTERM: std::cell::Cell<pg_sys::pqsigfunc> = const { std::cell::Cell::new(None) };
-}
-
-fn restore_sigterm() {
-    if let Some(handler) = WORKER_SIGTERM.with(|h| h.take()) {
-        // SAFETY: reinstalls the handler pqsignal returned.
-        unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(handler)) };
     }
 }

@@ -1,30 +1,51 @@
 //! The purge worker: started by the postmaster when the library is
-//! preloaded, it serves `session_auth.database`. Every
-//! `session_auth.purge_interval` it runs purge batches, each in its own
-//! transaction with a short `lock_timeout`, until a batch comes back short,
-//! pausing after each batch for nine times as long as it took (a backlog is
-//! worked off at no more than a tenth of one core).
+//! preloaded, it serves `session_auth.database`.
 //!
-//! It reloads its settings on SIGHUP, stops promptly on SIGTERM (checked
-//! between batches; batches are small and never wait long), logs an error in
-//! a pass and tries again next period, and waits quietly while the extension
-//! is not created in its database.
+//! * Every `session_auth.purge_interval` a pass: purge batches, each in its
+//!   own transaction with a short `lock_timeout`, until a batch comes back
+//!   short, pausing after each batch nine times as long as it took (a backlog
+//!   is worked off at no more than a tenth of one core); then a VACUUM of the
+//!   tables that need one (see `vacuum`).
+//! * Every second, and when a detecting backend wakes it: erase the retry
+//!   keys whose grace windows are over (see `retry_pair`), apply the pending
+//!   reuse revocations of its database, and start a backstop worker for each
+//!   other database that has some (see `backstop`).
+//!
+//! Signals are PostgreSQL's own (see `bgworker`): SIGTERM ends it within a
+//! second wherever it is, and nothing starts after it; SIGHUP reloads the
+//! settings without starting a pass; a cancel cancels the statement
+//! running, if any. An error in a pass is logged and the pass is tried again
+//! next period. It waits quietly while the extension is not created in its
+//! database, and on a standby it does not run at all (it starts when
+//! recovery ends, so after a promotion).
 
-use std::panic::AssertUnwindSafe;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker,
 };
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
+use crate::backstop;
+use crate::bgworker::{self, in_transaction};
 use crate::clock::statement_now;
+use crate::extension;
 use crate::gucs;
+use crate::pending;
 use crate::purge::{self, Removed};
+use crate::retry_pair;
 use crate::vacuum;
 
 pub const NAME: &str = "pg_session_auth purge";
+
+/// How often the worker erases expired retry keys and looks for pending
+/// revocations, whatever the purge interval.
+const TICK: Duration = Duration::from_secs(1);
+
+/// After a VACUUM that failed, the worker leaves VACUUM alone for this long.
+const VACUUM_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Registers the worker; only possible while preloading.
 pub fn register() {
@@ -41,55 +62,204 @@ pub fn register() {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = gucs::DATABASE
-        .get()
-        .and_then(|d| d.into_string().ok())
-        .unwrap_or_else(|| "postgres".to_string());
+    bgworker::setup_signals();
+    let database = gucs::worker_database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     log!("{NAME}: serving database \"{database}\"");
+    if let Err(e) = bgworker::pin_session_settings() {
+        // Without its settings the worker could be fooled (search_path) or
+        // stalled (read-only defaults): stop, and let the postmaster retry.
+        log!("{NAME}: could not set up its session, stopping: {e}");
+        return;
+    }
     // The worker's own VACUUMs yield like autovacuum's (see `vacuum`).
     if let Err(e) = in_transaction(|| Spi::run("SET vacuum_cost_delay = '2ms'")) {
         log!("{NAME}: {e}");
     }
+    backstop::register_purge_worker();
 
-    let mut waiting_for_extension_logged = false;
-    while BackgroundWorker::wait_latch(Some(interval())) {
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: the documented way for a worker to reload its settings.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    let mut state = State::new();
+    loop {
+        let now = Instant::now();
+        if state.extension_ready(&database) {
+            tick();
+            if now >= state.last_pass + interval() {
+                state.last_pass = now;
+                run_pass();
+                // A background worker has no idle loop to send its statistics;
+                // the purge's deletions must be counted before `vacuum_due`
+                // reads them.
+                // SAFETY: between transactions, as PostgresMain calls it.
+                unsafe { pg_sys::pgstat_report_stat(true) };
+                state.vacuum_if_due();
+            }
         }
-        match in_transaction(extension_installed) {
-            Ok(true) => waiting_for_extension_logged = false,
-            Ok(false) => {
-                if !waiting_for_extension_logged {
-                    log!("{NAME}: waiting for CREATE EXTENSION pg_session_auth in \"{database}\"");
-                    waiting_for_extension_logged = true;
+        state.supervise_other_databases();
+        // A reload (SIGHUP) only wakes the loop: the next pass still comes
+        // one (possibly new) interval after the last one.
+        let until_pass = (state.last_pass + interval()).saturating_duration_since(Instant::now());
+        bgworker::sleep(until_pass.min(TICK));
+    }
+}
+
+struct State {
+    /// When the last pass started; the first pass comes as soon as the
+    /// extension exists.
+    last_pass: Instant,
+    waiting_logged: bool,
+    vacuum_paused_until: Option<Instant>,
+    /// Backstop workers started for other databases, by database.
+    backstops: HashMap<pg_sys::Oid, DynamicBackgroundWorker>,
+    /// When the worker last said that records wait for a free slot.
+    slot_shortage_logged: Option<Instant>,
+}
+
+impl State {
+    fn new() -> Self {
+        State {
+            last_pass: Instant::now()
+                .checked_sub(interval())
+                .unwrap_or_else(Instant::now),
+            waiting_logged: false,
+            vacuum_paused_until: None,
+            backstops: HashMap::new(),
+            slot_shortage_logged: None,
+        }
+    }
+
+    /// Whether the extension exists in the worker's database, at the
+    /// library's version; says once what it waits for when not.
+    fn extension_ready(&mut self, database: &str) -> bool {
+        match in_transaction(extension::sql_version) {
+            Ok(Some(version)) if version == extension::LIBRARY_VERSION => {
+                self.waiting_logged = false;
+                true
+            }
+            Ok(found) => {
+                if !self.waiting_logged {
+                    match found {
+                        None => log!(
+                            "{NAME}: waiting for CREATE EXTENSION pg_session_auth in \"{database}\""
+                        ),
+                        Some(version) => log!(
+                            "{NAME}: waiting for ALTER EXTENSION pg_session_auth UPDATE in \"{database}\" \
+                             (its SQL objects are version {version}, the library {})",
+                            extension::LIBRARY_VERSION
+                        ),
+                    }
+                    self.waiting_logged = true;
                 }
-                continue;
+                false
             }
             Err(e) => {
                 log!("{NAME}: {e}");
-                continue;
+                false
             }
         }
-        run_pass();
-        // A background worker has no idle loop to send its statistics; the
-        // purge's deletions must be counted before `vacuum_due` reads them.
-        // SAFETY: between transactions, as PostgresMain calls it.
-        unsafe { pg_sys::pgstat_report_stat(true) };
-        vacuum_due();
     }
-    log!("{NAME}: stopping");
-    // Exit code 0 would tell the postmaster never to start the worker again;
-    // after pg_terminate_backend it must come back (at shutdown, nothing is
-    // restarted anyway).
-    // SAFETY: the normal way for a backend to exit.
-    unsafe { pg_sys::proc_exit(1) };
+
+    fn vacuum_if_due(&mut self) {
+        if self.vacuum_paused_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        if !vacuum_due() {
+            self.vacuum_paused_until = Some(Instant::now() + VACUUM_BACKOFF);
+        }
+    }
+
+    /// Starts a backstop worker for each other database with pending reuse
+    /// revocations that has none running.
+    fn supervise_other_databases(&mut self) {
+        // SAFETY: set once the worker is connected.
+        let own = unsafe { pg_sys::MyDatabaseId };
+        let mut waiting: HashMap<pg_sys::Oid, usize> = HashMap::new();
+        for (_, d) in pending::all() {
+            if d.database != own {
+                *waiting.entry(d.database).or_default() += 1;
+            }
+        }
+        self.backstops.retain(|db, handle| {
+            waiting.contains_key(db)
+                && !matches!(
+                    handle.pid(),
+                    Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
+                )
+        });
+        for (database, count) in waiting {
+            if self.backstops.contains_key(&database) {
+                continue;
+            }
+            if !database_accepts_workers(database) {
+                continue;
+            }
+            match backstop::launch(database) {
+                Some(handle) => {
+                    self.backstops.insert(database, handle);
+                }
+                None => self.log_slot_shortage(database, count),
+            }
+        }
+    }
+
+    fn log_slot_shortage(&mut self, database: pg_sys::Oid, count: usize) {
+        if self
+            .slot_shortage_logged
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.slot_shortage_logged = Some(Instant::now());
+        log!(
+            "{NAME}: {count} reuse revocation(s) of database {} wait for a free background worker slot (max_worker_processes); they are kept and retried every second",
+            u32::from(database)
+        );
+    }
+}
+
+/// Whether a backstop can connect to `database`; records of a database
+/// that no longer exists are dropped.
+fn database_accepts_workers(database: pg_sys::Oid) -> bool {
+    let state: Result<Option<bool>, String> = in_transaction(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT datallowconn FROM pg_catalog.pg_database WHERE oid OPERATOR(pg_catalog.=) $1",
+            &[database.into()],
+        )
+        .ok()
+        .flatten()
+    });
+    match state {
+        Ok(Some(allowed)) => allowed,
+        Ok(None) => {
+            for (path, d) in pending::of_database(database) {
+                log!(
+                    "{NAME}: database {} is gone; dropping its pending revocation of session {}",
+                    u32::from(database),
+                    d.session_id
+                );
+                pending::done(&path);
+            }
+            false
+        }
+        Err(e) => {
+            log!("{NAME}: {e}");
+            false
+        }
+    }
 }
 
 fn interval() -> Duration {
     Duration::from_millis(u64::try_from(gucs::PURGE_INTERVAL.get()).unwrap_or(60_000))
+}
+
+/// Erases expired retry keys and applies this database's pending reuse
+/// revocations.
+fn tick() {
+    if let Err(e) = in_transaction(|| {
+        Spi::connect_mut(|client| retry_pair::erase_expired_now(client, statement_now()))
+    }) {
+        log!("{NAME}: erasing retry keys: {e}");
+    }
+    backstop::apply_pending();
 }
 
 /// Time spent working per time spent pausing, between the batches of one
@@ -103,16 +273,7 @@ fn pause_after(work: Duration) -> Duration {
     (work * PAUSE_PER_WORK).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
-fn extension_installed() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_session_auth')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
-}
-
-/// One pass: batches until one comes back short, SIGTERM, or an error.
+/// One pass: batches until one comes back short, or an error.
 fn run_pass() {
     let started = Instant::now();
     let batch_size = purge::batch_size();
@@ -121,8 +282,7 @@ fn run_pass() {
     loop {
         let batch_started = Instant::now();
         let result = in_transaction(|| {
-            Spi::run("SET LOCAL lock_timeout = '1s'; SET LOCAL search_path = pg_catalog, pg_temp")
-                .ok();
+            Spi::run("SET LOCAL lock_timeout = '1s'").ok();
             Spi::connect_mut(|client| purge::batch(client, statement_now(), batch_size))
         });
         match result {
@@ -139,10 +299,9 @@ fn run_pass() {
             }
         }
         // A backlog is worked off at a bounded share of one core, so that
-        // the hot path keeps its latency while the purge catches up.
-        if !BackgroundWorker::wait_latch(Some(pause_after(batch_started.elapsed()))) {
-            break;
-        }
+        // the hot path keeps its latency while the purge catches up. SIGTERM
+        // ends the process in here.
+        bgworker::sleep(pause_after(batch_started.elapsed()));
     }
     let _ = in_transaction(|| {
         Spi::connect_mut(|client| purge::record(client, "worker", removed, batches, started))
@@ -159,8 +318,9 @@ fn run_pass() {
     }
 }
 
-/// VACUUMs the extension's tables that have enough dead row versions.
-fn vacuum_due() {
+/// VACUUMs the extension's tables that have enough dead row versions;
+/// false if that failed.
+fn vacuum_due() -> bool {
     let due = in_transaction(|| {
         Spi::connect(|client| {
             client
@@ -176,11 +336,11 @@ fn vacuum_due() {
         Ok(due) => due,
         Err(e) => {
             log!("{NAME}: {e}");
-            return;
+            return false;
         }
     };
     let Some(sql) = vacuum::statement(&due) else {
-        return;
+        return true;
     };
     let started = Instant::now();
     let result = PgTryBuilder::new(|| {
@@ -194,52 +354,24 @@ fn vacuum_due() {
             pg_sys::AbortCurrentTransaction();
             vacuum::after_error();
         }
-        Err(describe(&error))
+        Err(bgworker::describe(&error))
     })
     .execute();
     let tables = due.join(", ");
     match result {
-        Ok(()) => log!(
-            "{NAME}: vacuumed {tables} in {:.3} s",
-            started.elapsed().as_secs_f64()
-        ),
-        Err(e) => log!("{NAME}: VACUUM of {tables} failed: {e}"),
-    }
-}
-
-/// Runs `body` in a transaction of its own. An ERROR aborts the transaction
-/// and comes back as `Err` with its message, so the worker carries on.
-fn in_transaction<R>(body: impl FnOnce() -> R) -> Result<R, String> {
-    let body = AssertUnwindSafe(body);
-    // SAFETY: the standard transaction bracket of a background worker.
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    PgTryBuilder::new(move || {
-        // Take `body` whole: a closure capturing only `body.0` would not be
-        // UnwindSafe.
-        let body = body;
-        let result = (body.0)();
-        // SAFETY: pairs with the bracket above.
-        unsafe {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::CommitTransactionCommand();
+        Ok(()) => {
+            log!(
+                "{NAME}: vacuumed {tables} in {:.3} s",
+                started.elapsed().as_secs_f64()
+            );
+            true
         }
-        Ok(result)
-    })
-    .catch_others(|error| {
-        // SAFETY: ends the failed transaction; the next one starts clean.
-        unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(describe(&error))
-    })
-    .execute()
-}
-
-fn describe(error: &CaughtError) -> String {
-    match error {
-        CaughtError::PostgresError(e) | CaughtError::ErrorReport(e) => e.message().to_string(),
-        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+        Err(e) => {
+            log!(
+                "{NAME}: VACUUM of {tables} failed, not trying again for {} s: {e}",
+                VACUUM_BACKOFF.as_secs()
+            );
+            false
+        }
     }
 }

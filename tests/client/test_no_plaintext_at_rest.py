@@ -205,7 +205,8 @@ def test_notify_payloads_follow_the_contract(workload):
         assert n.channel == "session_auth"
         assert len(n.payload.encode()) < 8000
         body = json.loads(n.payload)
-        assert isinstance(body, dict) and set(body) == {"event", "session_id", "user_id"}, body
+        assert isinstance(body, dict) and set(body) == {"event", "event_id", "session_id", "user_id"}, body
+        assert isinstance(body["event_id"], int), body
         assert body["event"] in ALLOWED_EVENTS, body
         assert body["user_id"] in workload["users"], body
         assert any(str(sid) == body["session_id"] for sid in known), body

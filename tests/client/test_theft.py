@@ -1,4 +1,4 @@
-"""Theft detection against a real server (issue 3): the attacker scenarios,
+"""Theft detection against a real server (docs/design.md, rules 3 and 4): the attacker scenarios,
 and rule 4 — a reuse revocation survives the caller's rollback, with its
 event row and NOTIFY produced exactly once."""
 

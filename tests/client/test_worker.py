@@ -1,4 +1,4 @@
-"""The purge worker against real preloaded clusters (issue 4).
+"""The purge worker against real preloaded clusters (docs/design.md, "The purge").
 
 Each test that restarts or kills processes gets a cluster of its own, so
 the shared cluster of the other tests is never disturbed.
@@ -16,72 +16,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conftest import Cluster, lib_sh
+from conftest import Cluster, connect_retry, lib_sh, own_cluster, pg_ctl, wait_until, worker_pid  # noqa: F401
 
 FAST = ["session_auth.purge_interval = '200ms'", "max_connections = 40"]
-
-
-@pytest.fixture
-def own_cluster(request):
-    """start(conf...) -> Cluster: a fresh cluster of this test's own."""
-    started = []
-
-    def start(*conf):
-        cdir = Path(f"/tmp/pg_session_auth_worker_{os.getpid()}_{len(started)}")
-        lib_sh("start_cluster", str(cdir), *conf)
-        c = Cluster(cdir)
-        started.append(c)
-        return c
-
-    yield start
-    for c in started:
-        for conn in c.connections:
-            conn.close()
-        lib_sh("stop_cluster", str(c.dir))
-        subprocess.run(["rm", "-rf", str(c.dir)], check=False)
-
-
-def pg_ctl(c: Cluster, *args):
-    bindir = subprocess.run(
-        ["/usr/lib/postgresql/15/bin/pg_config", "--bindir"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    cmd = [f"{bindir}/pg_ctl", "-D", str(c.dir / "data"), "-l", str(c.log_path), "-w", "-t", "60", *args]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-
-
-def worker_pid(conn, timeout=15.0):
-    """The purge worker's pid, waiting up to `timeout` for it to appear."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_session_auth purge'"
-        ).fetchone()
-        if row:
-            return row["pid"]
-        time.sleep(0.1)
-    return None
-
-
-def wait_until(predicate, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
-def connect_retry(c: Cluster, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return c.connect()
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def make_expired_rows(conn, n_sessions=20):
@@ -200,7 +137,7 @@ def test_sigterm_stops_it_promptly(own_cluster):
 
 
 def test_kill_9_reinitialises_and_the_worker_is_back(own_cluster):
-    c = own_cluster(*FAST)
+    c = own_cluster(*FAST, crashes_expected=True)
     db = c.connect()
     db.execute("CREATE EXTENSION pg_session_auth")
     pid = worker_pid(db)

@@ -11,7 +11,9 @@ SELECT extname, extnamespace::regnamespace AS functions_in, extrelocatable
 FROM pg_extension WHERE extname = 'pg_session_auth';
 
 -- The private schema, the three tables that hold sessions, superseded or
--- revoked token digests and security events, and what else lives there.
+-- revoked token digests and security events, and what else lives there:
+-- the short-lived retry keys (UNLOGGED, never dumped), the rows capped
+-- logins lock, the last purge pass, and the stats view.
 SELECT nspname, pg_get_userbyid(nspowner) AS owner
 FROM pg_namespace WHERE nspname = 'session_auth';
 
@@ -21,7 +23,9 @@ WHERE relnamespace = 'session_auth'::regnamespace AND relkind IN ('r', 'v', 'S')
 ORDER BY relname;
 
 -- The tables are registered with pg_extension_config_dump, so pg_dump of
--- the database keeps its live sessions.
+-- the database keeps its live sessions. Not the retry keys: a dump that held
+-- them would let a holder of a superseded token rebuild the pair that
+-- replaced it, long after the grace window (docs/security.md).
 SELECT unnest(extconfig)::regclass AS dumped
 FROM pg_extension WHERE extname = 'pg_session_auth'
 ORDER BY 1::text;
@@ -38,10 +42,14 @@ WHERE p.proname LIKE 'session\_%' AND p.pronamespace = 'public'::regnamespace
 ORDER BY p.proname;
 
 -- Every function that touches state runs with the extension owner's rights
--- and a pinned search_path (the private schema, then pg_temp). The one
--- exception is session_validate, the hot path: it runs no SQL at all (two
--- direct index probes at most) and switches to the owner's user id inside
--- Rust, which saves the settings push and pop of a SET clause per call.
+-- and a pinned search_path: pg_catalog, then pg_temp. Every object of the
+-- extension is named with its schema, so no name resolves through a schema
+-- another role could write (not even the private one). The PL/pgSQL
+-- wrappers also plan generically, so auto_explain never shows a token as a
+-- literal of their statements. The one exception is session_validate, the
+-- hot path: it runs no SQL at all (two direct index probes at most) and
+-- switches to the owner's user id inside Rust, which saves the settings
+-- push and pop of a SET clause per call.
 -- None that takes an argument is STRICT: a NULL must answer 'invalid' or
 -- raise, never vanish silently.
 -- session_validate writes nothing (STABLE), so it runs on a hot standby.

@@ -1,0 +1,188 @@
+-- pg_session_auth 0.1.0 -> 0.2.0
+--
+-- Runs in one transaction (ALTER EXTENSION ... UPDATE): if any step fails,
+-- the database stays at 0.1.0. Sessions, tokens, blacklist entries and
+-- events are kept; tokens issued by 0.1.0 keep their meaning (the token
+-- format and the digests are the same).
+--
+-- What changes (docs/security.md says why):
+-- * The wrapped retry pairs go (sessions.retry_pair): a database reader could
+--   unwrap them. Refreshes now derive their pair from the parent token and a
+--   retry key (sessions.retry_key_id). A retry inside the grace window of a
+--   rotation made by 0.1.0 answers 'expired' after the update.
+-- * The retry keys are emptied, and the table becomes UNLOGGED and is no
+--   longer dumped.
+-- * Capped logins lock rows of session_auth.login_locks, not an advisory lock.
+-- * Every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp.
+-- * session_event(id) confirms the event a NOTIFY names; session_require and
+--   session_reauthenticate share session_auth.raise_for_status.
+--
+-- Like the install script, everything here is schema-qualified.
+
+-- Refuse to run outside ALTER EXTENSION (psql -f would half-apply it).
+\echo Use "ALTER EXTENSION pg_session_auth UPDATE TO '0.2.0'" to load this file. \quit
+
+-- Sessions: no more wrapped pairs. Dropping the column erases them at once.
+ALTER TABLE session_auth.sessions DROP COLUMN retry_pair;
+ALTER TABLE session_auth.sessions ADD COLUMN retry_key_id bigint;
+
+-- Retry keys: emptied, unlogged, out of pg_dump. A table leaves the dumped
+-- set only by leaving the extension, so it is dropped and made again.
+ALTER EXTENSION pg_session_auth DROP TABLE session_auth.retry_keys;
+DROP TABLE session_auth.retry_keys;
+CREATE UNLOGGED TABLE session_auth.retry_keys (
+    key_id      bigint      PRIMARY KEY,
+    secret      bytea       NOT NULL CHECK (pg_catalog.octet_length(secret) OPERATOR(pg_catalog.=) 32),
+    erase_after timestamptz NOT NULL
+);
+COMMENT ON TABLE session_auth.retry_keys IS
+    'Short-lived keys of recent rotations'' retry pairs; never logged or dumped';
+REVOKE ALL ON TABLE session_auth.retry_keys FROM PUBLIC;
+
+-- What capped logins lock.
+CREATE TABLE session_auth.login_locks (
+    slot int PRIMARY KEY
+);
+INSERT INTO session_auth.login_locks SELECT pg_catalog.generate_series(0, 1023);
+COMMENT ON TABLE session_auth.login_locks IS
+    'Row locks that serialise one user''s logins under a session cap';
+REVOKE ALL ON TABLE session_auth.login_locks FROM PUBLIC;
+
+-- The functions written in Rust keep their definitions; only their pinned
+-- search_path changes.
+ALTER FUNCTION session_issue(text, jsonb, integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION session_list(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION session_purge() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION session_refresh(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION session_revoke(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION session_revoke_id(uuid) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION session_revoke_user(text, uuid) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION session_set_data(uuid, jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION session_auth.reauthenticate_pair(text, integer) SET search_path = pg_catalog, pg_temp;
+
+-- The raising forms and session_event, as sql/raising.sql makes them.
+-- The one mapping from a status word to its SQLSTATE, for both wrappers.
+-- Private: only the wrappers (running as the owner) call it.
+CREATE OR REPLACE FUNCTION session_auth.raise_for_status(status text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    CASE status
+        WHEN 'ok' THEN RETURN;
+        WHEN 'expired' THEN
+            RAISE EXCEPTION 'session token expired' USING ERRCODE = 'SA002';
+        WHEN 'revoked' THEN
+            RAISE EXCEPTION 'session token revoked' USING ERRCODE = 'SA003';
+        WHEN 'superseded' THEN
+            RAISE EXCEPTION 'session token superseded'
+                USING ERRCODE = 'SA003',
+                      HINT = 'A refresh replaced this access token; it still validates for the '
+                             'grace window, but only the current access token can reauthenticate. '
+                             'Refresh first (the grace window returns the current pair), then '
+                             'reauthenticate with its access token.';
+        ELSE
+            RAISE EXCEPTION 'invalid session token' USING ERRCODE = 'SA001';
+    END CASE;
+END
+$$;
+
+-- session_require: the raising form of session_validate, for SQL, views and
+-- row-level-security policies. A single composite row (OUT parameters), not
+-- a set, so a policy expression can call it.
+CREATE OR REPLACE FUNCTION session_require(
+    token text,
+    max_auth_age interval DEFAULT NULL,
+    min_auth_level int DEFAULT NULL,
+    OUT session_id uuid,
+    OUT user_id text,
+    OUT data jsonb,
+    OUT auth_level int)
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v record;
+BEGIN
+    IF max_auth_age < interval '0' THEN
+        RAISE EXCEPTION 'max_auth_age must not be negative' USING ERRCODE = '22023';
+    END IF;
+    IF min_auth_level IS NOT NULL AND min_auth_level NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'min_auth_level must be between 1 and 3' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO v FROM @extschema@.session_validate(token);
+    PERFORM session_auth.raise_for_status(v.status);
+    IF min_auth_level IS NOT NULL AND v.auth_level < min_auth_level THEN
+        RAISE EXCEPTION 'reauthentication required'
+            USING ERRCODE = 'SA005',
+                  HINT = pg_catalog.format(
+                      'min_auth_level: the session is at level %s, %s is required',
+                      v.auth_level, min_auth_level);
+    END IF;
+    -- Subtract rather than add, so a huge max_auth_age cannot overflow.
+    IF max_auth_age IS NOT NULL
+       AND pg_catalog.statement_timestamp() - v.authenticated_at >= max_auth_age THEN
+        RAISE EXCEPTION 'reauthentication required'
+            USING ERRCODE = 'SA005',
+                  HINT = pg_catalog.format(
+                      'max_auth_age: the last authentication is older than %s', max_auth_age);
+    END IF;
+    session_id := v.session_id;
+    user_id := v.user_id;
+    data := v.data;
+    auth_level := v.auth_level;
+END
+$$;
+
+-- session_reauthenticate: the application verified the user again and passes
+-- the session's current access token. Rotates both tokens with no grace.
+CREATE OR REPLACE FUNCTION session_reauthenticate(token text, auth_level int DEFAULT NULL)
+RETURNS TABLE (
+    session_id uuid,
+    access_token text,
+    access_expires_at timestamptz,
+    refresh_token text,
+    refresh_expires_at timestamptz)
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    r record;
+BEGIN
+    IF auth_level IS NOT NULL AND auth_level NOT BETWEEN 1 AND 3 THEN
+        RAISE EXCEPTION 'auth_level must be between 1 and 3' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO r FROM session_auth.reauthenticate_pair(token, auth_level);
+    PERFORM session_auth.raise_for_status(r.status);
+    RETURN QUERY SELECT r.session_id, r.access_token, r.access_expires_at,
+                        r.refresh_token, r.refresh_expires_at;
+END
+$$;
+
+-- session_event: the application confirms an event a NOTIFY payload names
+-- before acting on it. Any role that can connect can NOTIFY on any channel,
+-- so a payload is only a hint; this reads the event table, which only the
+-- extension writes. No row: no such event (forged, or past retention).
+CREATE OR REPLACE FUNCTION session_event(id bigint)
+RETURNS TABLE (
+    event_id bigint,
+    event text,
+    at timestamptz,
+    session_id uuid,
+    user_id text)
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.event_id, e.event, e.at, e.session_id, e.user_id
+    FROM session_auth.events AS e
+    WHERE e.event_id = id
+$$;
+
+-- Privileges of the new functions, as sql/finalize.sql sets them.
+REVOKE ALL ON FUNCTION session_auth.raise_for_status(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION session_event(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION session_event(bigint) TO session_auth_client;

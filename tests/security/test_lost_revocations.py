@@ -1,0 +1,229 @@
+"""A detected theft is never lost (issue 12 §3, contract rule 4).
+
+`session_refresh` revokes a session whose superseded refresh token comes back,
+in the caller's transaction. Drivers often roll that transaction back when
+the application raises on a bad status, so the revocation must also happen
+outside it, exactly once, whatever the caller does next: roll back many
+detections and disconnect, hold the session row open, run in a database
+whose defaults are hostile, leave no free background worker slot, or prepare
+the transaction and roll it back later. Only a crash of the server itself
+may lose one (README, "The revocation backstop").
+
+Every test ends with every attacked session revoked and exactly one
+`reuse_detected` event each.
+"""
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+import sa
+from harness import wait_until
+
+GRACE = "100ms"
+
+
+def stolen_sessions(db, n, prefix):
+    """n sessions rotated once, the grace over: [(session_id, parent refresh token)]."""
+    db.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    out = []
+    for i in range(n):
+        s = sa.issue(db, f"{prefix}-{i}")
+        assert sa.refresh(db, s["refresh_token"])["status"] == "ok"
+        out.append((str(s["session_id"]), s["refresh_token"]))
+    time.sleep(0.2)
+    return out
+
+
+def replay(conn, token):
+    return conn.execute("SELECT status FROM session_refresh(%s)", [token]).fetchone()["status"]
+
+
+def outcome(db, ids):
+    """{session_id: (revoked, reuse events)}"""
+    rows = db.execute(
+        "SELECT s.session_id::text AS id, s.revoked_at IS NOT NULL AS revoked, "
+        "  (SELECT count(*) FROM session_auth.events e "
+        "    WHERE e.session_id = s.session_id AND e.event = 'reuse_detected') AS events "
+        "FROM session_auth.sessions s WHERE s.session_id = ANY(%s::uuid[])",
+        [list(ids)],
+    ).fetchall()
+    return {r["id"]: (r["revoked"], r["events"]) for r in rows}
+
+
+def all_revoked_once(db, ids, timeout):
+    ids = list(ids)
+    done = wait_until(lambda: all(v == (True, 1) for v in outcome(db, ids).values()), timeout, step=0.2)
+    time.sleep(0.5)  # time for a second, wrong, revocation to show
+    got = outcome(db, ids)
+    missing = [i for i in ids if got.get(i) != (True, 1)]
+    return done and not missing, missing, got
+
+
+def backstops_waiting(db):
+    db.execute("SELECT pg_stat_clear_snapshot()")
+    return db.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity "
+        "WHERE backend_type LIKE 'pg_session_auth%%' AND wait_event_type = 'Lock'"
+    ).fetchone()["n"]
+
+
+def test_three_hundred_rolled_back_detections_then_a_disconnect_are_all_kept(connect):
+    db = connect()
+    stolen = stolen_sessions(db, 300, "lost-many")
+    app = connect(autocommit=False)
+    app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    statuses = [replay(app, token) for _, token in stolen]
+    assert set(statuses) == {"reuse_detected"}
+    app.rollback()
+    app.close()  # the backend exits right after its rollback
+    ok, missing, got = all_revoked_once(db, [i for i, _ in stolen], timeout=60)
+    assert ok, f"{len(missing)} of 300 detections lost or doubled, e.g. {[(m, got.get(m)) for m in missing[:5]]}"
+
+
+def test_detections_while_the_caller_holds_the_rows_make_nobody_wait(connect):
+    db = connect()
+    stolen = stolen_sessions(db, 6, "lost-held")
+    app = connect(autocommit=False)
+    app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    for sid, token in stolen:
+        assert sa.set_data(app, sid, {"held": True}) is True  # the caller now holds the row
+        app.execute("SAVEPOINT detect")
+        assert replay(app, token) == "reuse_detected"
+        app.execute("ROLLBACK TO SAVEPOINT detect")
+    # The caller's transaction stays open for two seconds: nothing may wait on it.
+    waiting = []
+    for _ in range(10):
+        time.sleep(0.2)
+        waiting.append(backstops_waiting(db))
+    assert max(waiting) == 0, f"processes of the extension waited on the caller's locks: {waiting}"
+    app.commit()  # set_data commits; the detections' revocations did not
+    ok, missing, got = all_revoked_once(db, [i for i, _ in stolen], timeout=30)
+    assert ok, f"lost: {[(m, got.get(m)) for m in missing]}"
+
+
+@pytest.fixture
+def hostile_db(cluster):
+    """A database (not the worker's) whose defaults break naive background
+    sessions: read-only transactions, 1 ms statement and lock timeouts, a
+    search_path of the attacker's choosing."""
+    admin = cluster.connect()
+    admin.execute("DROP DATABASE IF EXISTS lost_hostile")
+    admin.execute("CREATE DATABASE lost_hostile")
+    setup = cluster.connect(dbname="lost_hostile")
+    setup.execute("CREATE EXTENSION pg_session_auth")
+    setup.execute("CREATE SCHEMA hostile")
+    setup.close()
+    for setting in ("default_transaction_read_only = on", "statement_timeout = '1ms'",
+                    "lock_timeout = '1ms'", "search_path = hostile, public",
+                    "default_transaction_isolation = 'serializable'", "idle_in_transaction_session_timeout = '1ms'"):
+        admin.execute(f"ALTER DATABASE lost_hostile SET {setting}")
+    yield
+    admin.execute("DROP DATABASE lost_hostile WITH (FORCE)")
+
+
+def test_hostile_database_defaults_neither_lose_nor_stall_a_detection(cluster, hostile_db):
+    def conn():
+        c = cluster.connect(dbname="lost_hostile")
+        for setting in ("default_transaction_read_only = off", "statement_timeout = 0", "lock_timeout = 0",
+                        "search_path = public", "default_transaction_isolation = 'read committed'",
+                        "idle_in_transaction_session_timeout = 0"):
+            c.execute(f"SET {setting}")
+        return c
+
+    db = conn()
+    stolen = stolen_sessions(db, 5, "lost-hostile")
+    app = conn()
+    app.autocommit = False
+    app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    for _, token in stolen:
+        assert replay(app, token) == "reuse_detected"
+    app.rollback()
+    app.close()
+    ok, missing, got = all_revoked_once(db, [i for i, _ in stolen], timeout=30)
+    assert ok, f"lost: {[(m, got.get(m)) for m in missing]}"
+
+
+def test_no_free_worker_slot_loses_nothing(own_cluster):
+    """Every max_worker_processes slot busy with parallel-query workers while
+    detections roll back and their backends exit, in the worker's database
+    and in another one."""
+    c = own_cluster("max_worker_processes = 3", "max_parallel_workers = 3",
+                    "max_parallel_workers_per_gather = 3", "max_connections = 40")
+    admin = c.connect()
+    admin.execute("CREATE EXTENSION pg_session_auth")
+    admin.execute("CREATE DATABASE other")
+    other = c.connect(dbname="other")
+    other.execute("CREATE EXTENSION pg_session_auth")
+
+    # Occupy every free slot for a while: a parallel scan that sleeps per row.
+    busy = c.connect()
+    busy.execute("CREATE TABLE slow AS SELECT g FROM generate_series(1, 400) g")
+    busy.execute("CREATE FUNCTION nap(int) RETURNS int LANGUAGE plpgsql PARALLEL SAFE AS "
+                 "'BEGIN PERFORM pg_sleep(0.02); RETURN $1; END'")
+    busy.execute("ALTER TABLE slow SET (parallel_workers = 4)")
+    for s in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0"):
+        busy.execute(f"SET {s}")
+    # 1,200 rows of 20 ms: 12 s with one worker and the leader.
+    busy.execute("INSERT INTO slow SELECT g FROM generate_series(401, 1200) g")
+    t = threading.Thread(target=lambda: busy.execute("SELECT count(*) FROM slow WHERE nap(g) > 0"))
+    t.start()
+    try:
+        def slots_left():
+            admin.execute("SELECT pg_stat_clear_snapshot()")
+            return admin.execute(
+                "SELECT current_setting('max_worker_processes')::int - count(*) FILTER (WHERE backend_type IN "
+                "('parallel worker', 'logical replication launcher', 'pg_session_auth purge', "
+                "'pg_session_auth backstop')) AS n FROM pg_stat_activity").fetchone()["n"]
+
+        assert wait_until(lambda: slots_left() == 0, 10), "parallel workers hold every free slot"
+        kept = {}
+        for dbname, conn in (("postgres", admin), ("other", other)):
+            stolen = stolen_sessions(conn, 15, f"lost-slots-{dbname}")
+            app = c.connect(dbname=dbname, autocommit=False)
+            app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+            for _, token in stolen:
+                assert replay(app, token) == "reuse_detected"
+            app.rollback()
+            app.close()
+            kept[dbname] = (conn, [i for i, _ in stolen])
+        # In the worker's own database, no slot is needed: revoked at once.
+        ok, missing, got = all_revoked_once(admin, kept["postgres"][1], timeout=5)
+        assert ok, f"worker's database, while every slot is busy: lost {len(missing)}"
+        assert slots_left() == 0, "the slots were busy all along"
+        assert not any(v[0] for v in outcome(other, kept["other"][1]).values()), \
+            "no backstop can have run in the other database yet"
+    finally:
+        t.join()
+    ok, missing, got = all_revoked_once(other, kept["other"][1], timeout=30)
+    assert ok, f"other database, once a slot is free: lost {len(missing)}: {[got.get(m) for m in missing[:3]]}"
+
+
+@pytest.mark.parametrize("end", ["ROLLBACK PREPARED", "COMMIT PREPARED"])
+def test_prepared_transactions_keep_the_revocation_and_hold_up_nobody(own_cluster, end):
+    """The caller rotates (so it holds the session row), detects reuse under a
+    savepoint that it rolls back, and prepares its transaction. (A detection
+    that is not rolled back cannot be prepared at all: its NOTIFY makes
+    PostgreSQL refuse PREPARE TRANSACTION.)"""
+    c = own_cluster("max_prepared_transactions = 5", "session_auth.purge_interval = '200ms'")
+    db = c.connect()
+    db.execute("CREATE EXTENSION pg_session_auth")
+    db.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    s = sa.issue(db, "lost-prepared")
+    first = sa.refresh(db, s["refresh_token"])
+    time.sleep(0.2)
+    app = c.connect(autocommit=False)
+    app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    assert sa.refresh(app, first["refresh_token"])["status"] == "ok"  # the caller rotates: it holds the row
+    app.execute("SAVEPOINT s")
+    assert replay(app, s["refresh_token"]) == "reuse_detected"
+    app.execute("ROLLBACK TO SAVEPOINT s")
+    app.execute("PREPARE TRANSACTION 'lost_prepared'")
+    app.commit()
+    time.sleep(1.0)
+    assert backstops_waiting(db) == 0, "nothing of the extension waits on the prepared transaction"
+    db.execute(f"{end} 'lost_prepared'")
+    ok, missing, got = all_revoked_once(db, [str(s["session_id"])], timeout=15)
+    assert ok, got

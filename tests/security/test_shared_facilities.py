@@ -1,0 +1,100 @@
+"""Attacks through what PostgreSQL shares with every role that can connect
+(issue 12 §4, §5): advisory locks and NOTIFY channels. A role with nothing
+but CONNECT must not be able to stall logins, and must not be able to pass
+a forged event off as a real one."""
+
+import json
+import threading
+import time
+
+import psycopg
+import pytest
+
+import sa
+
+
+@pytest.fixture
+def connect_only(cluster):
+    """A role that may connect and nothing else."""
+    with cluster.connect() as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'regress_connect_only'").fetchone():
+            admin.execute("CREATE ROLE regress_connect_only LOGIN")
+    return cluster.connect(user="regress_connect_only")
+
+
+def test_a_connect_only_role_cannot_stall_logins_under_a_session_cap(connect, connect_only):
+    # 0.1.0 serialised capped logins with this advisory lock, which any role may take.
+    connect_only.execute(
+        "SELECT pg_advisory_lock(hashtext('pg_session_auth logins'), hashtext('alice@stall'))")
+    for key in range(0, 1024):  # and every other small key, in case the key moved
+        connect_only.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        connect_only.execute("SELECT pg_try_advisory_lock(0, %s)", [key])
+    app = connect()
+    app.execute("SET session_auth.max_sessions_per_user = 1")
+    app.execute("SET statement_timeout = '5s'")
+    started = time.monotonic()
+    try:
+        sa.issue(app, "alice@stall")
+        sa.issue(app, "alice@stall")
+    except psycopg.errors.QueryCanceled:
+        pytest.fail("session_issue waited on a lock a CONNECT-only role holds")
+    assert time.monotonic() - started < 5
+    assert len(sa.list_sessions(app, "alice@stall")) == 1
+
+
+def test_capped_logins_still_serialise_each_other(connect):
+    """The lock that replaces the advisory one still does its job: eight
+    racing logins under a cap of 1 leave exactly one session."""
+    conns = [connect() for _ in range(8)]
+    for c in conns:
+        c.execute("SET session_auth.max_sessions_per_user = 1")
+    barrier = threading.Barrier(len(conns))
+    errors = []
+
+    def login(c):
+        barrier.wait()
+        try:
+            sa.issue(c, "racer@cap")
+        except psycopg.Error as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=login, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(sa.list_sessions(conns[0], "racer@cap")) == 1
+
+
+def test_a_forged_notify_cannot_be_confirmed_and_a_real_one_can(connect, connect_only):
+    listener = connect()
+    listener.execute("LISTEN session_auth")
+    app = connect()
+    s = sa.issue(app, "notify@forge")
+    assert sa.revoke(app, s["access_token"])
+    forged = {"event": "reuse_detected", "event_id": 999999999, "session_id": str(s["session_id"]),
+              "user_id": "notify@forge"}
+    connect_only.execute("SELECT pg_notify('session_auth', %s)", [json.dumps(forged)])
+
+    payloads = []
+    for n in listener.notifies(timeout=1.0):
+        payloads.append(json.loads(n.payload))
+    mine = [p for p in payloads if p.get("session_id") == str(s["session_id"])]
+    assert {p["event"] for p in mine} == {"issued", "revoked", "reuse_detected"}, mine
+    for p in mine:
+        assert isinstance(p.get("event_id"), int), f"every payload names its event: {p}"
+        assert len(json.dumps(p)) < 8000
+
+    def confirmed(p):
+        row = app.execute("SELECT * FROM session_event(%s)", [p["event_id"]]).fetchone()
+        return row is not None and row["event"] == p["event"] and str(row["session_id"]) == p["session_id"] \
+            and row["user_id"] == p["user_id"]
+
+    real = [p for p in mine if p["event_id"] != forged["event_id"]]
+    assert real and all(confirmed(p) for p in real), "the application confirms real events"
+    assert not confirmed(forged), "a forged payload is not confirmed"
+
+    # The confirming function is the application's, not everybody's.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        connect_only.execute("SELECT * FROM session_event(1)")
