@@ -41,9 +41,12 @@ ensure_chroot() {
     as_root touch "$CHROOT/.pg_session_auth-ready"
 }
 
-# What the chroot sees of the host: kernel filesystems, the work tree, and
-# the Rust toolchain with its registry (read-write: cargo keeps its cache).
-CHROOT_BINDS=(/proc /sys /dev /dev/pts /work /root/.cargo /root/.rustup)
+# What the chroot sees of the host, at the same paths: kernel filesystems,
+# the repository, and the Rust toolchain with its registry (read-write: cargo
+# keeps its cache there).
+CHROOT_CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
+CHROOT_RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}
+CHROOT_BINDS=(/proc /sys /dev /dev/pts "$REPO_ROOT" "$CHROOT_CARGO_HOME" "$CHROOT_RUSTUP_HOME")
 
 chroot_mounts() {
     local d
@@ -77,8 +80,9 @@ in_chroot() {
     chroot_network
     local status=0
     as_root chroot "$CHROOT" /usr/bin/env -i \
-        PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root TERM="${TERM:-dumb}" LANG=C.UTF-8 \
+        PATH="$CHROOT_CARGO_HOME/bin":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        HOME=/root CARGO_HOME="$CHROOT_CARGO_HOME" RUSTUP_HOME="$CHROOT_RUSTUP_HOME" \
+        TERM="${TERM:-dumb}" LANG=C.UTF-8 \
         PGRX_HOME=/root/.pgrx-trixie CARGO_TARGET_DIR="$REPO_ROOT/target/trixie" \
         PG_MAJOR="${PG_MAJOR}" PG_SESSION_AUTH_IN_CHROOT=1 \
         ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \
