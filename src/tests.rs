@@ -415,6 +415,38 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_data_size_count_is_exactly_the_length_of_jsonb_text() {
+        // Shapes of every kind: nesting, escapes, numbers in every spelling,
+        // unicode, empty containers. The count must equal what PostgreSQL
+        // writes (octet_length of jsonb::text) to the byte: within at that
+        // length, over at one byte less.
+        let samples = [
+            r#"{}"#,
+            r#"{"a": 1}"#,
+            r#"{"a": {"b": [1, {}]}, "c": []}"#,
+            r#"{"k": "quote \" backslash \\ tab \t nl \n ctl \u0001 é ✓ 😀"}"#,
+            r#"{"n": [0, -0, 1.50, 1e3, 1E-3, -12345678901234567890.000100, 0.0000001]}"#,
+            r#"{"t": true, "f": false, "z": null, "s": ""}"#,
+            r#"{"deep": [[[[[[["x"]]]]]]], "obj": {"a": {"b": {"c": {}}}}}"#,
+            r#"{"": "", "\u0000x": 1}"#,
+            r#"{"big": 1e300, "neg": -1e-300, "many": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}"#,
+        ];
+        for sample in samples {
+            let sql = format!("SELECT $j${sample}$j$::jsonb");
+            let value: crate::jsonb::RawJsonb = Spi::get_one(&sql).unwrap().unwrap();
+            let length: i32 = Spi::get_one(&format!("SELECT octet_length(({sql})::text)"))
+                .unwrap()
+                .unwrap();
+            let length = usize::try_from(length).unwrap();
+            assert!(value.text_len_at_most(length), "{sample}: {length} fits");
+            assert!(
+                !value.text_len_at_most(length - 1),
+                "{sample}: {length} - 1 does not"
+            );
+        }
+    }
+
+    #[pg_test]
     fn retry_keys_outlive_the_grace_only_by_the_margin_and_revocation_unlinks_them() {
         let (id, _, r1) = issue("keyed");
         let (status, _, rotated) = refresh(&r1);

@@ -110,6 +110,10 @@ struct State {
     vacuum_paused_until: Option<Instant>,
     /// Backstop workers started for other databases, by database.
     backstops: HashMap<pg_sys::Oid, DynamicBackgroundWorker>,
+    /// Per database whose records outlived a backstop (a caller still holds
+    /// the rows): when to try again, the current delay, and how many
+    /// records there were.
+    backoff: HashMap<pg_sys::Oid, (Instant, Duration, usize)>,
     /// When the worker last said that records wait for a free slot.
     slot_shortage_logged: Option<Instant>,
 }
@@ -123,6 +127,7 @@ impl State {
             waiting_logged: false,
             vacuum_paused_until: None,
             backstops: HashMap::new(),
+            backoff: HashMap::new(),
             slot_shortage_logged: None,
         }
     }
@@ -178,15 +183,30 @@ impl State {
                 *waiting.entry(d.database).or_default() += 1;
             }
         }
-        self.backstops.retain(|db, handle| {
-            waiting.contains_key(db)
-                && !matches!(
+        let finished: Vec<pg_sys::Oid> = self
+            .backstops
+            .iter()
+            .filter(|(_, handle)| {
+                matches!(
                     handle.pid(),
                     Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
                 )
-        });
+            })
+            .map(|(db, _)| *db)
+            .collect();
+        for database in finished {
+            self.backstops.remove(&database);
+            if let Some(&count) = waiting.get(&database) {
+                self.back_off(database, count);
+            }
+        }
+        self.backoff.retain(|db, _| waiting.contains_key(db));
         for (database, count) in waiting {
-            if self.backstops.contains_key(&database) {
+            let due = self
+                .backoff
+                .get(&database)
+                .is_none_or(|&(at, _, last)| Instant::now() >= at || count != last);
+            if self.backstops.contains_key(&database) || !due {
                 continue;
             }
             if !database_accepts_workers(database) {
@@ -199,6 +219,19 @@ impl State {
                 None => self.log_slot_shortage(database, count),
             }
         }
+    }
+
+    /// A backstop finished and `count` records of its database are left:
+    /// rows a caller holds. Try again after a delay that doubles (1 s to
+    /// 30 s) while nothing changes, so a long prepared transaction does not
+    /// cost a process start every second.
+    fn back_off(&mut self, database: pg_sys::Oid, count: usize) {
+        let delay = match self.backoff.get(&database) {
+            Some(&(_, delay, last)) if last == count => (delay * 2).min(Duration::from_secs(30)),
+            _ => TICK,
+        };
+        self.backoff
+            .insert(database, (Instant::now() + delay, delay, count));
     }
 
     fn log_slot_shortage(&mut self, database: pg_sys::Oid, count: usize) {

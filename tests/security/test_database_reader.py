@@ -75,6 +75,23 @@ def test_a_superseded_token_plus_every_stored_byte_rebuilds_nothing_after_the_gr
         f"the parent still rebuilds the current pair {took:.1f} s after a 1 s grace"
 
 
+def rebuilt_pairs_of(db, parent, pair, session_id):
+    """Whether `parent` plus every stored byte still derives `pair` (a pair
+    that is no longer current, so the digest search of `rebuilt_pairs`
+    cannot see it): tries every stored 32-byte string as the retry key."""
+    from reader import ACCESS, V2_INFO, hkdf, stored_byte_strings, token
+    sid = bytes.fromhex(str(session_id).replace("-", ""))
+    generations = {r["generation"] for r in db.execute(
+        "SELECT generation FROM session_auth.blacklist WHERE session_id = %s", [session_id])}
+    keys = [k for k in stored_byte_strings(db, [session_id]) if len(k) == 32]
+    for g in generations | {g + 1 for g in generations}:
+        info = V2_INFO + sid + int(g).to_bytes(4, "big")
+        for k in keys:
+            if token(ACCESS, sid, hkdf(k, parent.encode(), info, 64)[:32]) == pair["access_token"]:
+                return True
+    return False
+
+
 @pytest.fixture
 def unserved_db(cluster):
     """A database the worker does not serve (it serves `postgres`)."""
@@ -88,7 +105,8 @@ def unserved_db(cluster):
     admin.execute("DROP DATABASE reader_unserved WITH (FORCE)")
 
 
-@pytest.mark.parametrize("closer", ["session_purge()", "the next call that touches the session"])
+@pytest.mark.parametrize("closer", ["session_purge()", "the next call that touches the session",
+                                    "the next refresh of the session"])
 def test_without_the_worker_the_next_call_or_session_purge_closes_the_window(unserved_db, cluster, closer):
     db = unserved_db
     db.execute("SET session_auth.refresh_grace = '500ms'")
@@ -107,6 +125,12 @@ def test_without_the_worker_the_next_call_or_session_purge_closes_the_window(uns
     other = cluster.connect(dbname="reader_unserved")
     if closer == "session_purge()":
         other.execute("SELECT session_purge()")
+    elif closer == "the next refresh of the session":
+        assert sa.refresh(other, current["refresh_token"])["status"] == "ok"
+        # The session rotated on: what must not be derivable is the pair
+        # that was current when the grace ended, from its parent.
+        assert not rebuilt_pairs_of(db, parent, current, s["session_id"])
+        return
     else:
         assert sa.set_data(other, current["session_id"], {"touched": True}) is True
     assert not rebuildable(), f"{closer} left the retry material of an expired grace window readable"
