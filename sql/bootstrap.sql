@@ -17,6 +17,42 @@ BEGIN
     END IF;
 END
 $$;
+-- A role that can create objects in the schema the session_* functions will
+-- live in can shadow them: a session_validate(varchar) of its own is a better
+-- match for a driver that binds varchar (JDBC does) than ours taking text,
+-- and it would run with the caller's rights and see the caller's tokens.
+-- Warn the DBA who installs into such a schema (the README says how to
+-- install safely and to call schema-qualified names). First thing, while
+-- such a role is still what it was.
+DO $$
+DECLARE
+    -- CREATE EXTENSION puts the target schema first in the search_path.
+    target pg_catalog.oid := pg_catalog.to_regnamespace(pg_catalog.current_schema()::pg_catalog.text)::pg_catalog.oid;
+    writers pg_catalog.text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(r.rolname::pg_catalog.text), ', '
+                                 ORDER BY r.rolname)
+      INTO writers
+      FROM pg_catalog.pg_roles AS r
+     WHERE NOT r.rolsuper
+       -- Predefined roles (pg_database_owner owns schema public) act only
+       -- through their members, who are checked themselves.
+       AND r.oid OPERATOR(pg_catalog.>=) 16384::pg_catalog.oid
+       AND pg_catalog.has_schema_privilege(r.oid, target, 'CREATE');
+    IF pg_catalog.has_schema_privilege('public', target, 'CREATE') THEN
+        writers := pg_catalog.concat_ws(', ', 'PUBLIC', writers);
+    END IF;
+    IF writers IS NOT NULL THEN
+        RAISE WARNING 'pg_session_auth: roles other than superusers can create objects in schema %, where its session_* functions now live: %',
+            pg_catalog.current_schema(), writers
+            USING HINT = 'Such a role can shadow a function (say session_validate(varchar)) for callers '
+                         'that bind other types. Install into a schema only superusers can create in '
+                         '(CREATE EXTENSION pg_session_auth SCHEMA ...), or REVOKE CREATE on this one, '
+                         'and call the functions schema-qualified.';
+    END IF;
+END
+$$;
+
 --
 -- A plain CREATE SCHEMA on purpose: if a schema of this name already exists,
 -- somebody else owns it and installation must fail rather than trust it.
@@ -170,18 +206,21 @@ CREATE VIEW session_auth.stats AS
 SELECT
     (SELECT pg_catalog.count(*) FROM session_auth.sessions
       WHERE revoked_at IS NULL
-        AND least(refresh_expires_at, absolute_expires_at) > pg_catalog.statement_timestamp())
+        AND least(refresh_expires_at, absolute_expires_at)
+            OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())
         AS live_sessions,
     (SELECT pg_catalog.count(*) FROM session_auth.sessions WHERE revoked_at IS NOT NULL)
         AS revoked_sessions,
     (SELECT pg_catalog.count(*) FROM session_auth.sessions
       WHERE revoked_at IS NULL
-        AND least(refresh_expires_at, absolute_expires_at) <= pg_catalog.statement_timestamp())
+        AND least(refresh_expires_at, absolute_expires_at)
+            OPERATOR(pg_catalog.<=) pg_catalog.statement_timestamp())
         AS expired_sessions,
     (SELECT pg_catalog.count(*) FROM session_auth.blacklist) AS blacklist_entries,
     (SELECT coalesce(pg_catalog.jsonb_object_agg(event, n), '{}'::jsonb)
        FROM (SELECT event, pg_catalog.count(*) AS n FROM session_auth.events
-              WHERE at > pg_catalog.statement_timestamp() - interval '1 hour'
+              WHERE at OPERATOR(pg_catalog.>)
+                    (pg_catalog.statement_timestamp() OPERATOR(pg_catalog.-) interval '1 hour')
               GROUP BY event) AS e)
         AS events_last_hour,
     p.last_run_at AS last_purge_at,

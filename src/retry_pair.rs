@@ -173,11 +173,20 @@ pub fn find(client: &mut SpiClient<'_>, id: i64) -> Option<RetryKey> {
     })
 }
 
-/// Erases every key whose grace windows are all over. Every writing call
-/// runs it, at most once a second per backend, so that a database the
-/// worker does not serve loses its expired keys at its next call.
+/// Erases every key whose grace windows are all over, in a database no
+/// worker serves. Every writing call runs it, at most once a second per
+/// backend, so such a database loses its expired keys with the next call
+/// that commits.
+///
+/// Where the worker serves the database, callers leave the keys alone: a
+/// DELETE in a caller's transaction keeps the rows (and the key bytes)
+/// until that transaction ends, and its row locks would make the worker's
+/// `SKIP LOCKED` erase pass them by; the worker erases them within a second
+/// instead.
 pub fn erase_expired(client: &mut SpiClient<'_>, now: Micros) {
-    if now.saturating_sub(LAST_ERASE.with(Cell::get)) < ERASE_EVERY {
+    if now.saturating_sub(LAST_ERASE.with(Cell::get)) < ERASE_EVERY
+        || crate::gucs::worker_serves_this_database()
+    {
         return;
     }
     erase_expired_now(client, now);

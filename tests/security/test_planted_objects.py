@@ -22,6 +22,8 @@ have run with a superuser's or the extension owner's rights.
 
 import time
 
+import pytest
+
 import psycopg
 
 import sa
@@ -29,23 +31,29 @@ from harness import wait_until, worker_pid
 
 TYPES = [
     "smallint", "integer", "bigint", "real", "double precision", "numeric", "oid", "regclass",
+    "regnamespace", "regprocedure", "regrole", "regtype", "regproc",
     "text", "character varying", "name", "character", '"char"', "timestamp with time zone",
     "timestamp without time zone", "date", "interval", "bytea", "uuid", "boolean", "jsonb",
 ]
 OPERATORS = ["=", "<>", "<", ">", "<=", ">="]
 FUNCTIONS_NO_ARGS = ["now", "statement_timestamp", "clock_timestamp", "transaction_timestamp",
-                     "gen_random_uuid", "getdatabaseencoding", "pg_backend_pid", "random"]
+                     "gen_random_uuid", "getdatabaseencoding", "pg_backend_pid", "random",
+                     "current_schema", "pg_notification_queue_usage"]
+# Every function name the extension's SQL (install and update scripts
+# included) calls, and a few it might.
 FUNCTIONS = [
-    "format", "quote_ident", "quote_literal", "hashtext", "pg_notify", "pg_advisory_xact_lock",
-    "pg_advisory_lock", "make_interval", "sha256", "encode", "decode", "uuid_send", "digest",
-    "pg_stat_get_dead_tuples", "pg_stat_get_live_tuples", "has_schema_privilege", "current_setting",
-    "set_config", "jsonb_build_object", "to_jsonb", "length", "octet_length", "left", "lower",
-    "upper", "least", "greatest", "coalesce", "count", "string_agg", "jsonb_object_agg", "array_agg",
-    "substring", "concat", "abs", "age", "date_trunc", "extract", "to_char", "int8", "int4", "float8",
-    "text", "unnest", "array_length", "cardinality", "exists", "any", "jsonb_typeof", "pg_sleep",
+    "format", "concat_ws", "concat", "string_agg", "quote_ident", "quote_literal", "hashtext",
+    "pg_notify", "pg_notification_queue_usage", "make_interval", "sha256", "uuid_send", "encode",
+    "pg_stat_get_dead_tuples", "pg_stat_get_vacuum_count", "has_schema_privilege",
+    "has_function_privilege", "to_regnamespace", "current_schema", "generate_series", "octet_length",
+    "nextval", "jsonb_build_object", "to_jsonb", "jsonb_object_agg", "count", "array_agg", "unnest",
+    "left", "lower", "length", "coalesce", "greatest", "least", "exists", "any", "text", "int4",
+    "int8", "float8", "current_setting", "set_config", "pg_get_userbyid", "obj_description",
+    "pg_extension_config_dump", "pg_sleep",
 ]
 PAIR_TYPES = ["text", "character varying", "name", "integer", "bigint", "oid", "uuid", "bytea",
-              "timestamp with time zone", "double precision", "numeric", "jsonb"]
+              "timestamp with time zone", "double precision", "numeric", "jsonb", "regclass",
+              "regnamespace", "regprocedure"]
 
 
 TRAP_BODY = """
@@ -218,8 +226,11 @@ def test_planted_operators_and_functions_never_run_with_elevated_rights(own_clus
     attacker.execute("GRANT USAGE ON SCHEMA postgres TO PUBLIC")
     for schema in ("public", "postgres", "session_auth"):
         plant(attacker, schema)
+    # (The test's own queries compare like types only: its traps would
+    # catch it too.)
     planted = su.execute(
-        "SELECT count(*) AS n FROM pg_proc WHERE proowner = 'regress_attacker'::regrole"
+        "SELECT count(*) AS n FROM pg_proc "
+        "WHERE proowner = (SELECT oid FROM pg_roles WHERE rolname = 'regress_attacker')"
     ).fetchone()["n"]
     assert planted > 5000, planted
 
@@ -257,3 +268,47 @@ def test_planted_operators_and_functions_never_run_with_elevated_rights(own_clus
     )
     assert became_super["rolsuper"] is False
     assert not odd, f"calls that failed other than as documented: {odd}"
+
+
+def plant_everywhere(attacker):
+    attacker.execute("CREATE TABLE IF NOT EXISTS public.trap (what text, as_user name, super boolean)")
+    attacker.execute("GRANT INSERT ON public.trap TO PUBLIC")
+    attacker.execute("CREATE SCHEMA IF NOT EXISTS postgres")
+    attacker.execute("GRANT USAGE ON SCHEMA postgres TO PUBLIC")
+    for schema in ("public", "postgres"):
+        plant(attacker, schema)
+
+
+def elevated_traps(c, su):
+    log = c.log_text()
+    elevated = [line for line in log.splitlines() if "pg_session_auth_trap" in line and "(superuser: t)" in line]
+    rows = su.execute("SELECT what, as_user, super FROM public.trap WHERE super").fetchall()
+    became = su.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_attacker'").fetchone()["rolsuper"]
+    return elevated, rows, became
+
+
+@pytest.mark.parametrize("step", ["CREATE EXTENSION", "CREATE EXTENSION in a schema the attacker owns"])
+def test_objects_planted_before_create_extension_never_run_as_superuser(own_cluster, step):
+    """The database owner (who can CREATE in public on PostgreSQL 15) plants
+    traps first; then the DBA installs the extension. 0.2.0's first release
+    candidate resolved =(oid, regclass) and format(text, regprocedure)
+    through the install schema here, and the owner became superuser."""
+    c = own_cluster("max_connections = 20")
+    su = c.connect()
+    su.execute("CREATE ROLE regress_attacker LOGIN")
+    su.execute("CREATE DATABASE victim OWNER regress_attacker")
+    attacker = c.connect(user="regress_attacker", dbname="victim")
+    plant_everywhere(attacker)
+    schema = "public"
+    if step != "CREATE EXTENSION":
+        attacker.execute("CREATE SCHEMA api")
+        plant(attacker, "api")
+        schema = "api"
+    db = c.connect(dbname="victim")
+    notices = []
+    db.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
+    db.execute(f"CREATE EXTENSION pg_session_auth SCHEMA {schema}")
+    elevated, rows, became = elevated_traps(c, db)
+    assert not elevated and not rows and not became, f"install ran traps as superuser: {elevated[:3]} {rows[:3]}"
+    warned = [m for sev, m in notices if sev == "WARNING" and "regress_attacker" in (m or "")]
+    assert warned, f"the DBA is warned that the schema is writable: {notices}"

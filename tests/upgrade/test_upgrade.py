@@ -15,6 +15,7 @@ a fresh install.
 import os
 import re
 import shutil
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -129,6 +130,10 @@ def upgraded_cluster():
         admin.execute("SET session_auth.idle_timeout = '1s'")
         sa.issue(admin, "ivan@upgrade")
         admin.execute(f"CREATE DATABASE {WORLD}")
+        # A database its owner can plant look-alikes in, for test_6.
+        admin.execute("CREATE ROLE regress_attacker LOGIN")
+        admin.execute("CREATE DATABASE planted OWNER regress_attacker")
+        c.connect(dbname="planted").execute("CREATE EXTENSION pg_session_auth")
         db = c.connect(dbname=WORLD)
         db.execute("CREATE EXTENSION pg_session_auth")
         assert version(db) == OLD_VERSION
@@ -339,3 +344,22 @@ def test_5_the_updated_schema_is_exactly_a_fresh_install(upgraded_cluster):
     for part in DESCRIBE:
         assert got[part] == want[part], f"{part} differs after the update"
     assert schema_dump(c, WORLD) == schema_dump(c, "fresh_install")
+
+
+def test_6_objects_planted_before_the_update_never_run_as_superuser(upgraded_cluster):
+    """The owner of a database plants look-alike operators and functions
+    (tests/security/test_planted_objects.py) where the update script's
+    search_path looks, then the DBA runs ALTER EXTENSION ... UPDATE as
+    superuser: no trap may run with a superuser's rights."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "security"))
+    from test_planted_objects import elevated_traps, plant_everywhere
+
+    c, _ = upgraded_cluster
+    attacker = connect_retry(c, user="regress_attacker", dbname="planted")
+    plant_everywhere(attacker)
+    db = connect_retry(c, dbname="planted")
+    assert version(db) == OLD_VERSION
+    db.execute(UPDATE)
+    assert version(db) == NEW_VERSION
+    elevated, rows, became = elevated_traps(c, db)
+    assert not elevated and not rows and not became, f"the update ran traps as superuser: {elevated[:3]}"
