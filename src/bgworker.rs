@@ -60,24 +60,65 @@ pub fn check_for_interrupts_idle() -> bool {
     false
 }
 
-/// The settings every session of ours runs with, whatever the database's or
-/// the role's defaults say (`ALTER DATABASE ... SET` applies to background
-/// workers too): names resolve in `pg_catalog` only (every object of ours
-/// is schema-qualified), transactions are read-write READ COMMITTED, and no
-/// timeout of the DBA's can cut a revocation short. Each step bounds its own
-/// waits (`SKIP LOCKED`, a `lock_timeout` per purge batch).
+/// Every setting a database or role default (`ALTER DATABASE ... SET`,
+/// `ALTER ROLE ... SET`) gave this session goes back to its built-in value:
+/// such defaults apply to background workers too, and a database owner may
+/// set many of them. `role` above all (the session would run as the owner,
+/// and fail on the private schema), but also `synchronous_commit` (a pending
+/// record deleted before its revocation is durable), the VACUUM cost
+/// settings, the planner's switches.
+const RESET_DEFAULTS: &str = "SET ROLE NONE; \
+    DO $$ \
+    DECLARE s record; \
+    BEGIN \
+        FOR s IN SELECT name, boot_val FROM pg_catalog.pg_settings \
+                 WHERE source OPERATOR(pg_catalog.=) ANY \
+                       ('{database,user,database user}'::pg_catalog.text[]) \
+                   AND name OPERATOR(pg_catalog.<>) ALL \
+                       ('{role,session_authorization}'::pg_catalog.text[]) \
+        LOOP \
+            BEGIN \
+                PERFORM pg_catalog.set_config(s.name, s.boot_val, false); \
+            EXCEPTION WHEN OTHERS THEN NULL; \
+            END; \
+        END LOOP; \
+    END $$";
+
+/// The settings every session of ours runs with, on top of the built-in
+/// defaults: names resolve in `pg_catalog` only (every object of ours is
+/// schema-qualified), transactions are read-write READ COMMITTED and commit
+/// synchronously (a pending record is deleted only after its revocation is
+/// on disk), and no timeout can cut a revocation short. Each step bounds its
+/// own waits (`SKIP LOCKED`, a `lock_timeout` per batch and per backstop).
 pub const PINNED_SETTINGS: &str = "SET search_path = pg_catalog, pg_temp; \
      SET default_transaction_read_only = off; \
      SET default_transaction_isolation = 'read committed'; \
+     SET synchronous_commit = on; \
      SET statement_timeout = 0; \
      SET lock_timeout = 0; \
      SET idle_in_transaction_session_timeout = 0; \
      SET max_parallel_maintenance_workers = 0; \
-     SET max_parallel_workers_per_gather = 0";
+     SET max_parallel_workers_per_gather = 0; \
+     SET jit = off";
 
-/// Applies [`PINNED_SETTINGS`] for the rest of the session.
+/// Resets the database's and role's defaults, applies [`PINNED_SETTINGS`]
+/// for the rest of the session, and checks that it runs as the superuser
+/// it connected as.
 pub fn pin_session_settings() -> Result<(), String> {
-    in_transaction(|| Spi::run(PINNED_SETTINGS)).and_then(|r| r.map_err(|e| e.to_string()))
+    in_transaction(|| -> Result<(), String> {
+        Spi::run(RESET_DEFAULTS).map_err(|e| e.to_string())?;
+        Spi::run(PINNED_SETTINGS).map_err(|e| e.to_string())?;
+        let superuser = Spi::get_one::<bool>(
+            "SELECT r.rolsuper AND current_user OPERATOR(pg_catalog.=) session_user \
+             FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) current_user",
+        )
+        .map_err(|e| e.to_string())?;
+        if superuser != Some(true) {
+            return Err("the session does not run as the superuser it connected as".into());
+        }
+        Ok(())
+    })
+    .and_then(|r| r)
 }
 
 /// Runs `body` in a transaction of its own. An ERROR aborts the transaction

@@ -126,6 +126,11 @@ pub fn record(
 /// "user_id"}`, delivered when the transaction commits. `user_id` is at most
 /// 256 bytes (escaped JSON: at most 6 × 256), so the payload stays far below
 /// PostgreSQL's 8000-byte limit.
+///
+/// A hint, never a condition: while the cluster's notification queue is half
+/// full or more (any role that can connect can fill it), it is not sent, and
+/// the event row, which the transaction records anyway, is the only trace
+/// (the server log says so, at most once a minute per backend).
 pub fn notify(
     client: &mut SpiClient<'_>,
     event: Event,
@@ -139,10 +144,30 @@ pub fn notify(
         "session_id": session_id.to_string(),
         "user_id": user_id,
     });
-    store::run(
+    let sent = store::run(
         client,
         &store::NOTIFY,
         &[payload.to_string().as_str().into()],
-        |_| (),
+        |t| !t.is_empty(),
     );
+    if !sent {
+        log_skipped_notify(event_id);
+    }
+}
+
+fn log_skipped_notify(event_id: i64) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let due = LAST.with(|l| {
+        l.get()
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60))
+    });
+    if due {
+        LAST.with(|l| l.set(Some(std::time::Instant::now())));
+        pgrx::log!(
+            "pg_session_auth: the NOTIFY queue is half full or more; events are recorded but not announced \
+             (event {event_id}, and any others in the next minute): see pg_notification_queue_usage()"
+        );
+    }
 }

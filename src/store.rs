@@ -397,9 +397,16 @@ pub static SET_DATA: Stmt = Stmt {
     writes: true,
 };
 
+/// Sends the NOTIFY only while the cluster's notification queue is less
+/// than half full; no row means it was not sent. Every role that can connect
+/// can fill that queue, and a full queue fails the committing transaction
+/// (54000): a login, a logout or a theft revocation must never depend on it.
+/// Asking for the queue's usage also advances its tail, which a listener that
+/// has gone away may have left behind.
 pub static NOTIFY: Stmt = Stmt {
     name: "notify",
-    sql: "SELECT pg_catalog.pg_notify('session_auth', $1)",
+    sql: "SELECT pg_catalog.pg_notify('session_auth', $1) \
+          WHERE pg_catalog.pg_notification_queue_usage() < 0.5",
     args: &[T::TEXTOID],
     writes: true,
 };

@@ -227,3 +227,59 @@ def test_prepared_transactions_keep_the_revocation_and_hold_up_nobody(own_cluste
     db.execute(f"{end} 'lost_prepared'")
     ok, missing, got = all_revoked_once(db, [str(s["session_id"])], timeout=15)
     assert ok, got
+
+
+OWNER_SETTINGS = [
+    "role = 'regress_dbowner'",                      # the workers would run as the owner
+    "synchronous_commit = off",                      # a record deleted before its revocation is durable
+    "vacuum_cost_limit = 1", "vacuum_cost_delay = '100ms'",  # a VACUUM that never ends
+    "maintenance_work_mem = '1MB'",
+    "enable_indexscan = off", "enable_bitmapscan = off", "enable_tidscan = off",
+    "work_mem = '64kB'", "jit = on", "jit_above_cost = 0",
+]
+
+
+def test_a_database_owner_cannot_turn_the_workers_into_itself(own_cluster):
+    """The owner of the worker's database (and of another one) sets what
+    ALTER DATABASE lets an owner set: the role the sessions run as, and
+    settings that would slow or weaken the workers. The purge still purges,
+    and rolled-back reuse detections are still revoked, in both."""
+    c = own_cluster("session_auth.purge_interval = '200ms'", "max_connections = 40")
+    su = c.connect()
+    su.execute("CREATE ROLE regress_dbowner LOGIN")
+    su.execute("CREATE EXTENSION pg_session_auth")
+    su.execute("ALTER DATABASE postgres OWNER TO regress_dbowner")
+    su.execute("CREATE DATABASE ownedb OWNER regress_dbowner")
+    c.connect(dbname="ownedb").execute("CREATE EXTENSION pg_session_auth")
+    for dbname in ("postgres", "ownedb"):
+        owner = c.connect(user="regress_dbowner", dbname=dbname)
+        for setting in OWNER_SETTINGS:
+            owner.execute(f"ALTER DATABASE {dbname} SET {setting}")
+    # The worker picks its database's settings up when it connects.
+    su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE backend_type = 'pg_session_auth purge'")
+    time.sleep(6)  # its restart time
+
+    for dbname in ("postgres", "ownedb"):
+        db = c.connect(dbname=dbname)
+        db.execute("RESET ROLE")
+        db.execute("SET ROLE NONE")  # the test's own session: the superuser
+        stolen = stolen_sessions(db, 3, f"owner-{dbname}")
+        db.execute("SET session_auth.access_ttl = '1s'")
+        db.execute("SET session_auth.idle_timeout = '1s'")
+        expiring = sa.issue(db, f"owner-expiring-{dbname}")
+        app = c.connect(dbname=dbname, autocommit=False)
+        app.execute("SET ROLE NONE")
+        app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+        for _, token in stolen:
+            assert replay(app, token) == "reuse_detected"
+        app.rollback()
+        ok, missing, got = all_revoked_once(db, [i for i, _ in stolen], timeout=20)
+        assert ok, f"{dbname}: lost: {[(m, got.get(m)) for m in missing]}"
+        if dbname == "postgres":
+            gone = lambda: db.execute(  # noqa: E731
+                "SELECT count(*) AS n FROM session_auth.sessions WHERE session_id = %s",
+                [expiring["session_id"]]).fetchone()["n"] == 0
+            assert wait_until(gone, 20), "the worker purges in its database"
+    log = c.log_text()
+    assert "permission denied" not in log, [line for line in log.splitlines() if "permission denied" in line][:3]

@@ -4,6 +4,7 @@ but CONNECT must not be able to stall logins, and must not be able to pass
 a forged event off as a real one."""
 
 import json
+import os
 import threading
 import time
 
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 import sa
+from harness import wait_until
 
 
 @pytest.fixture
@@ -98,3 +100,60 @@ def test_a_forged_notify_cannot_be_confirmed_and_a_real_one_can(connect, connect
     # The confirming function is the application's, not everybody's.
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         connect_only.execute("SELECT * FROM session_event(1)")
+
+
+def server_major():
+    return int(os.environ.get("PG_MAJOR", "15"))
+
+
+@pytest.mark.skipif(server_major() < 17, reason="filling the NOTIFY queue needs max_notify_queue_pages "
+                    "(PostgreSQL 17+; 15's queue is fixed at 8 GB): runs on 17 and 18")
+def test_a_connect_only_role_filling_the_notify_queue_blocks_no_login_logout_or_revocation(own_cluster):
+    """NOTIFY on any channel is open to every role that can connect, and a
+    full queue fails the committing transaction (54000). The extension's
+    NOTIFYs are hints: a login, a logout, a logout everywhere and a reuse
+    revocation (in the caller and through the backstop) must go through
+    while an attacker keeps the queue full, and the thief's token must die."""
+    c = own_cluster("max_notify_queue_pages = 64", "max_connections = 30")  # 512 kB
+    db = c.connect()
+    db.execute("CREATE EXTENSION pg_session_auth")
+    db.execute("CREATE ROLE regress_flooder LOGIN")
+    db.execute("SET session_auth.refresh_grace = '100ms'")
+    victim = sa.issue(db, "victim@flood")
+    thief_pair = sa.refresh(db, victim["refresh_token"])
+    other = sa.issue(db, "other@flood")
+    third = sa.issue(db, "third@flood")
+    time.sleep(0.2)
+
+    # The attacker pins the queue's tail (a listener idle in a transaction)
+    # and fills it.
+    stuck = c.connect(user="regress_flooder")
+    stuck.execute("LISTEN anything")
+    stuck.autocommit = False
+    stuck.execute("SELECT 1")
+    flood = c.connect(user="regress_flooder")
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+        for i in range(10_000):
+            flood.execute("SELECT pg_notify('anything', repeat('x', 7000) || %s)", [i])
+    assert db.execute("SELECT pg_notification_queue_usage() AS u").fetchone()["u"] > 0.9
+
+    app = c.connect()
+    app.execute("SET session_auth.refresh_grace = '100ms'")
+    assert sa.issue(app, "new@flood")["session_id"], "a login"
+    assert sa.revoke(app, other["access_token"]) is True, "a logout"
+    assert sa.revoke_user(app, "third@flood") == 1, "a logout everywhere"
+    assert sa.refresh(app, victim["refresh_token"])["status"] == "reuse_detected", "a theft"
+    assert sa.validate(app, thief_pair["access_token"])["status"] == "revoked"
+    # And through the backstop: a detection the caller rolls back.
+    v2 = sa.issue(app, "victim2@flood")
+    t2 = sa.refresh(app, v2["refresh_token"])
+    time.sleep(0.2)
+    tx = c.connect(autocommit=False)
+    tx.execute("SET session_auth.refresh_grace = '100ms'")
+    assert sa.refresh(tx, v2["refresh_token"])["status"] == "reuse_detected"
+    tx.rollback()
+    assert wait_until(lambda: sa.validate(app, t2["access_token"])["status"] == "revoked", 10), \
+        "the backstop's revocation commits despite the full queue"
+    events = db.execute("SELECT event, count(*) AS n FROM session_auth.events GROUP BY 1").fetchall()
+    assert {e["event"]: e["n"] for e in events}.get("reuse_detected") == 2, events
+    stuck.rollback()
