@@ -52,6 +52,7 @@ fn session_issue(
         name!(refresh_expires_at, Tstz),
     ),
 > {
+    error::require_primary(c"session_issue");
     let user_id = error::require_user_id(user_id);
     let data = error::require_data(data);
     let auth_level = error::require_auth_level(auth_level);
@@ -142,6 +143,7 @@ fn session_refresh(
         name!(refresh_expires_at, Option<Tstz>),
     ),
 > {
+    error::require_primary(c"session_refresh");
     TableIterator::once(status_pair_row(session::refresh(token)))
 }
 
@@ -149,6 +151,7 @@ fn session_refresh(
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn session_revoke(token: Option<&str>) -> bool {
+    error::require_primary(c"session_revoke");
     session::revoke_token(token)
 }
 
@@ -156,6 +159,7 @@ fn session_revoke(token: Option<&str>) -> bool {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn session_revoke_id(session_id: Option<Uuid>) -> bool {
+    error::require_primary(c"session_revoke_id");
     session_id.is_some_and(|id| session::revoke_id(&id.into()))
 }
 
@@ -164,6 +168,7 @@ fn session_revoke_id(session_id: Option<Uuid>) -> bool {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn session_revoke_user(user_id: Option<&str>, keep_session: default!(Option<Uuid>, "NULL")) -> i32 {
+    error::require_primary(c"session_revoke_user");
     let user_id = error::require_user_id(user_id);
     let keep = keep_session.map(SessionId::from);
     let revoked = session::revoke_user(user_id, keep.as_ref());
@@ -205,6 +210,7 @@ fn session_list(
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn session_set_data(session_id: Option<Uuid>, data: Option<RawJsonb>) -> bool {
+    error::require_primary(c"session_set_data");
     let data = error::require_data(data);
     session_id.is_some_and(|id| session::set_data(&id.into(), data))
 }
@@ -240,6 +246,7 @@ pub mod session_auth {
             name!(refresh_expires_at, Option<Tstz>),
         ),
     > {
+        error::require_primary(c"session_reauthenticate");
         if let Some(level) = auth_level {
             error::require_auth_level(Some(level));
         }
@@ -257,6 +264,7 @@ pub mod session_auth {
 #[pg_extern(volatile, parallel_unsafe, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 fn session_purge() -> i64 {
+    error::require_primary(c"session_purge");
     let started = std::time::Instant::now();
     crate::probe::check_tables();
     crate::backstop::apply_pending_in_caller();

@@ -22,15 +22,15 @@
 //! is deleted once that transaction has committed. Records survive restarts
 //! and crashes; see the README for the limits without preloading.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
 use pgrx::prelude::*;
-use pgrx::PgAtomic;
 
 use crate::bgworker;
+use crate::ids::SessionId;
 use crate::pending::{self, Detection};
 use crate::revocation::{self, Reuse};
 use crate::store;
@@ -39,30 +39,9 @@ const LIBRARY: &str = "pg_session_auth";
 const FUNCTION: &str = "pg_session_auth_backstop_main";
 pub const BACKEND_TYPE: &str = "pg_session_auth backstop";
 
-/// The purge worker's latch, where a detecting backend wakes it (0: no
-/// purge worker is running). In shared memory, so only with preloading.
-pub static PURGE_WORKER_LATCH: PgAtomic<AtomicUsize> =
-    // SAFETY: the name is the extension's own.
-    unsafe { PgAtomic::new(c"pg_session_auth purge worker latch") };
-
-/// Set in the postmaster while preloading, inherited by every backend.
-static SHARED_MEMORY: AtomicBool = AtomicBool::new(false);
-
-/// Requests the shared memory; only while preloading.
-pub fn init_shared_memory() {
-    pgrx::pg_shmem_init!(PURGE_WORKER_LATCH);
-    SHARED_MEMORY.store(true, Ordering::Relaxed);
-}
-
-fn purge_worker_latch() -> Option<&'static AtomicUsize> {
-    SHARED_MEMORY
-        .load(Ordering::Relaxed)
-        .then(|| PURGE_WORKER_LATCH.get())
-}
-
 /// The purge worker announces itself, so detecting backends can wake it.
 pub fn register_purge_worker() {
-    if let Some(latch) = purge_worker_latch() {
+    if let Some(latch) = crate::shmem::purge_worker_latch() {
         // SAFETY: MyLatch is this process's latch in shared memory (PGPROC).
         latch.store(unsafe { pg_sys::MyLatch } as usize, Ordering::Release);
         // SAFETY: a callback that runs at process exit, registered once.
@@ -71,7 +50,7 @@ pub fn register_purge_worker() {
 }
 
 unsafe extern "C-unwind" fn unregister_purge_worker(_code: i32, _arg: pg_sys::Datum) {
-    if let Some(latch) = purge_worker_latch() {
+    if let Some(latch) = crate::shmem::purge_worker_latch() {
         // SAFETY: as in register_purge_worker.
         let mine = unsafe { pg_sys::MyLatch } as usize;
         let _ = latch.compare_exchange(mine, 0, Ordering::AcqRel, Ordering::Relaxed);
@@ -143,6 +122,34 @@ unsafe extern "C-unwind" fn on_xact_event(
     {
         wake_applier();
     }
+    match event {
+        XACT_EVENT_COMMIT => records_made_sure_of_committed(),
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+            // Not (or not yet) committed: the records stay for an applier.
+            DONE_AT_COMMIT.with(|d| d.borrow_mut().clear());
+        }
+        _ => {}
+    }
+}
+
+/// `session_purge()`'s transaction committed: log its revocations and delete
+/// its records, if that commit is durable already. After an asynchronous
+/// commit (`synchronous_commit = off`) a crash could still undo the
+/// revocations, so the records stay; the next applier finds the sessions
+/// revoked, flushes, and deletes them.
+fn records_made_sure_of_committed() {
+    let done = DONE_AT_COMMIT.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    // SAFETY: reads a setting of this backend.
+    let durable = unsafe { pg_sys::synchronous_commit }
+        >= pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_LOCAL_FLUSH as i32;
+    for (path, revoked) in done {
+        if let Some(session_id) = revoked {
+            log!("pg_session_auth: session_purge() revoked session {session_id} for refresh-token reuse the detecting transaction did not commit");
+        }
+        if durable {
+            pending::done(&path);
+        }
+    }
 }
 
 unsafe extern "C-unwind" fn on_subxact_event(
@@ -153,29 +160,59 @@ unsafe extern "C-unwind" fn on_subxact_event(
 ) {
     // A savepoint rolled back: a detection under it may be undone already,
     // while the transaction goes on.
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-        && DETECTED_IN_TRANSACTION.with(Cell::get)
-    {
+    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        return;
+    }
+    // What a session_purge() under it made sure of may be undone: keep
+    // those records for an applier.
+    DONE_AT_COMMIT.with(|d| d.borrow_mut().clear());
+    if DETECTED_IN_TRANSACTION.with(Cell::get) {
         wake_applier();
     }
 }
 
-/// Called from transaction callbacks: must not raise.
+/// Called from transaction callbacks: must not raise. Starts a backstop for
+/// this database at once (whatever the purge worker is busy with), and wakes
+/// the purge worker, which tries again every second while records are left
+/// (a caller still holding the row, no free worker slot). Without
+/// preloading, the backend's own later calls retry (`retry_pending`).
 fn wake_applier() {
-    if let Some(latch) = purge_worker_latch() {
+    if let Some(latch) = crate::shmem::purge_worker_latch() {
         let latch = latch.load(Ordering::Acquire) as *mut pg_sys::Latch;
         if !latch.is_null() {
             // SAFETY: a latch in shared memory; SetLatch never raises.
             unsafe { pg_sys::SetLatch(latch) };
-            return;
         }
     }
-    // No purge worker to wake: start a backstop for this database ourselves.
-    // If no slot is free the record waits for the next detection's backstop
-    // or this database's session_purge().
     // SAFETY: as in `detected`.
     let database = unsafe { pg_sys::MyDatabaseId };
     let _ = std::panic::catch_unwind(|| launch(database));
+}
+
+thread_local! {
+    static LAST_RETRY: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// Without a purge worker, nothing else retries a record whose row a caller
+/// held (a prepared transaction, say): every writing call does, at most once
+/// a second per backend, by starting a backstop if its database has records.
+pub fn retry_pending() {
+    if crate::shmem::purge_worker_latch().is_some() {
+        return; // the purge worker retries every second
+    }
+    let due = LAST_RETRY.with(|l| {
+        l.get()
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+    });
+    if !due {
+        return;
+    }
+    LAST_RETRY.with(|l| l.set(Some(std::time::Instant::now())));
+    // SAFETY: as in `detected`.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    if !pending::of_database(database).is_empty() {
+        launch(database);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -189,12 +226,27 @@ pub fn apply_pending() -> (usize, usize) {
     let mut done = 0;
     let mut left = 0;
     for (path, detection) in pending::of_database(database) {
-        match bgworker::in_transaction(|| apply(&detection)) {
-            Ok(true) => {
+        match bgworker::in_transaction(|| {
+            // Nothing of ours waits long on anyone: a DBA's table lock too.
+            Spi::run("SET LOCAL lock_timeout = '1s'").ok();
+            try_revoke(&detection)
+        }) {
+            Ok(Outcome::Held) => left += 1,
+            Ok(outcome) => {
+                // Committed, and so was the detecting transaction if the
+                // session was revoked already: once that is flushed (either
+                // may have been asynchronous), the record can go.
+                // SAFETY: between transactions; flushes what is inserted.
+                unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+                if matches!(outcome, Outcome::Revoked) {
+                    log!(
+                        "pg_session_auth: revoked session {} for refresh-token reuse the detecting transaction did not commit",
+                        detection.session_id
+                    );
+                }
                 pending::done(&path);
                 done += 1;
             }
-            Ok(false) => left += 1,
             Err(e) => {
                 log!(
                     "pg_session_auth backstop: session {}: {e}; trying again",
@@ -208,23 +260,28 @@ pub fn apply_pending() -> (usize, usize) {
 }
 
 /// Applies the records of the current database in the caller's transaction
-/// (`session_purge()` without a worker): revokes what it can, deletes no
-/// record (a later applier does, in a transaction of its own). Returns how
-/// many sessions it revoked.
-pub fn apply_pending_in_caller() -> u64 {
+/// (`session_purge()`, the backstop's work where no worker serves): revokes
+/// what it can; when, and only if, this transaction commits, the revocations
+/// are logged and the records deleted (see `records_made_sure_of_committed`).
+pub fn apply_pending_in_caller() {
     // SAFETY: as above.
     let database = unsafe { pg_sys::MyDatabaseId };
-    let records: Vec<(PathBuf, Detection)> = pending::of_database(database);
-    records
-        .iter()
-        .filter(|(_, d)| matches!(try_revoke(d), Outcome::Revoked))
-        .count() as u64
+    for (path, detection) in pending::of_database(database) {
+        let revoked = match try_revoke(&detection) {
+            Outcome::Held => continue,
+            Outcome::Revoked => Some(detection.session_id),
+            Outcome::AlreadyDone => None,
+        };
+        register_callbacks();
+        DONE_AT_COMMIT.with(|d| d.borrow_mut().push((path, revoked)));
+    }
 }
 
-/// Whether the record is made sure of (revoked now, already revoked, or the
-/// session is gone); false if a caller still holds the row.
-fn apply(detection: &Detection) -> bool {
-    !matches!(try_revoke(detection), Outcome::Held)
+thread_local! {
+    /// Records this transaction made sure of (with the session, if it
+    /// revoked it): deleted when it commits.
+    static DONE_AT_COMMIT: RefCell<Vec<(PathBuf, Option<SessionId>)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 enum Outcome {
@@ -250,11 +307,10 @@ fn try_revoke(d: &Detection) -> Outcome {
                     presented_generation: d.presented_generation,
                     current_generation: d.current_generation,
                 };
-                if revocation::revoke_for_reuse(client, &reuse) {
-                    log!(
-                        "pg_session_auth: revoked session {} for refresh-token reuse the detecting transaction did not commit",
-                        d.session_id
-                    );
+                // Revoked now, not back-dated to the detection: rotations
+                // may have happened since, and the record says when each
+                // thing happened.
+                if revocation::revoke_for_reuse(client, &reuse, crate::clock::statement_now()) {
                     Outcome::Revoked
                 } else {
                     Outcome::AlreadyDone

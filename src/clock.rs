@@ -20,6 +20,12 @@ pub fn statement_now() -> Micros {
     unsafe { pg_sys::GetCurrentStatementStartTimestamp() }
 }
 
+/// A time as ISO 8601 text (in the server's time zone), for event details.
+pub fn iso8601(t: Micros) -> String {
+    use pgrx::datum::datetime_support::ToIsoString;
+    crate::store::to_timestamptz(t).to_iso_string()
+}
+
 /// The settings that bound a session's life, in microseconds.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {

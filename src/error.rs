@@ -55,6 +55,14 @@ fn raise(code: PgSqlErrorCode, message: &str, hint: Option<&str>) -> ! {
     unreachable!("errfinish(ERROR) does not return")
 }
 
+/// `25006`: a writing function called on a hot standby, PostgreSQL's own
+/// error ("cannot execute ... during recovery"), raised before anything is
+/// touched (otherwise the first write would fail with an internal error).
+pub fn require_primary(function: &std::ffi::CStr) {
+    // SAFETY: a plain check; raises through pgrx's guard when in recovery.
+    unsafe { pg_sys::PreventCommandDuringRecovery(function.as_ptr()) };
+}
+
 /// `22004`: a required argument was NULL.
 pub fn null_argument(name: &str) -> ! {
     raise(

@@ -17,7 +17,7 @@
 //!   `extension`: the SQL objects' version against the library's.
 //! * `purge`, `worker`, `vacuum`: removing what has expired.
 //! * `bgworker`: what both workers share. `compat`: differences between
-//!   PostgreSQL majors.
+//!   PostgreSQL majors. `shmem`: what lives in shared memory.
 
 use pgrx::prelude::*;
 
@@ -37,6 +37,7 @@ mod purge;
 mod retry_pair;
 mod revocation;
 mod session;
+mod shmem;
 mod store;
 mod token;
 mod vacuum;
@@ -69,7 +70,7 @@ pub extern "C-unwind" fn _PG_init() {
         pg_sys::CacheRegisterRelcacheCallback(Some(on_relation_changed), pg_sys::Datum::from(0))
     };
     if preloading {
-        backstop::init_shared_memory();
+        shmem::init();
         worker::register();
     }
 }

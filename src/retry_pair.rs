@@ -18,22 +18,30 @@
 //! tests/security/test_database_reader.py tries every stored byte string in
 //! every input.
 //!
-//! Retry keys are 256 bits from PostgreSQL's strong random source (made by
-//! the INSERT itself, so a key is never a statement parameter that a log or
-//! a plan could show), kept in `session_auth.retry_keys`: an UNLOGGED table
-//! that `pg_dump` leaves out, so no WAL record, base backup, standby or dump
-//! ever holds one. A backend makes a key when it first rotates and then
-//! every [`KEY_LIFETIME`]; each key is erased [`ERASE_MARGIN`] after the last
-//! grace window it covers, by the worker within a second, and in any
-//! database by `session_purge()` and by the next writing call of any
-//! backend ([`erase_expired`]). Once it is gone, not even the holder of the
-//! parent token can derive the pair. A retry that finds no key (erased after
-//! a lock wait longer than the margin, a crash, a restore, a failover)
-//! answers `expired`: the session itself is untouched.
+//! A retry key is a row of `session_auth.retry_keys`: an id and a 256-bit
+//! *seed* from PostgreSQL's strong random source (made by the INSERT itself,
+//! so it is never a statement parameter that a log or a plan could show).
+//! The salt is not the seed itself but `HMAC-SHA-256(key = K, seed)`, where
+//! `K` is 256 bits the postmaster makes in shared memory when it starts and
+//! never writes anywhere (`shmem`). So no stored byte is a salt: not the
+//! rows, not the table's pages or files after a row is deleted (its bytes
+//! linger until the space is reused), not a dump (the table is not dumped),
+//! not WAL (it is UNLOGGED). Without preloading there is no shared memory and
+//! the seed is the salt: the README says what that costs.
+//!
+//! A backend makes a key when it first rotates and then every
+//! [`KEY_LIFETIME`]; each is erased [`ERASE_MARGIN`] after the last grace
+//! window it covers, by the worker within a second, and in a database the
+//! worker does not serve by `session_purge()` and the next writing call that
+//! commits ([`erase_expired`]). Once it is gone, not even the holder of the
+//! parent token can derive the pair. A retry that finds no key, or a key made
+//! by another run of the server (a restart makes a new `K`), answers
+//! `expired`: the session itself is untouched.
 
 use std::cell::{Cell, RefCell};
 
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use sha2::Sha256;
@@ -58,12 +66,35 @@ const ERASE_EVERY: Micros = 1_000_000;
 /// Domain separation for the derivation; a new construction gets a new one.
 const INFO: &[u8] = b"pg_session_auth retry pair v2";
 
+/// Domain separation for the salt a seed gives under the server's key.
+const SALT_LABEL: &[u8] = b"pg_session_auth retry key v2";
+
 /// A key that salts retry pairs: erasing it makes every pair derived with
-/// it underivable.
+/// it underivable. `salt` is what the derivation uses; only its id and seed
+/// are stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryKey {
     pub id: i64,
-    pub secret: Secret,
+    pub salt: Secret,
+}
+
+impl RetryKey {
+    /// The key a stored seed stands for in this run of the server:
+    /// `HMAC-SHA-256(key = K, label || seed)` with the server's in-memory key
+    /// `K`, or the seed itself without preloading.
+    fn from_seed(id: i64, seed: &Secret) -> Self {
+        let salt = match crate::shmem::retry_key_key() {
+            Some(k) => {
+                let mut mac =
+                    <Hmac<Sha256> as Mac>::new_from_slice(&k).expect("HMAC takes a 32-byte key");
+                mac.update(SALT_LABEL);
+                mac.update(seed);
+                mac.finalize().into_bytes().into()
+            }
+            None => *seed,
+        };
+        RetryKey { id, salt }
+    }
 }
 
 /// The secrets of the pair that replaces `parent_refresh` as generation
@@ -74,7 +105,7 @@ pub fn derive(
     session: &SessionId,
     generation: i32,
 ) -> (Secret, Secret) {
-    let hkdf = Hkdf::<Sha256>::new(Some(&key.secret), parent_refresh.as_bytes());
+    let hkdf = Hkdf::<Sha256>::new(Some(&key.salt), parent_refresh.as_bytes());
     let mut okm = [0u8; 2 * token::SECRET_LEN];
     hkdf.expand_multi_info(
         &[INFO, session.as_bytes(), &generation.to_be_bytes()],
@@ -126,19 +157,17 @@ pub fn for_rotation(client: &mut SpiClient<'_>, now: Micros, grace_until: Micros
     // (otherwise they make a new key), so their windows end by then.
     let covers_until = usable_until.saturating_add(grace_until.saturating_sub(now));
     let erase_after = covers_until.saturating_add(ERASE_MARGIN);
-    let secret: Vec<u8> = store::run(
+    let seed: Vec<u8> = store::run(
         client,
         &store::INSERT_RETRY_KEY,
         &[id.into(), store::ts(erase_after)],
         |t| store::first_row(t, |r| store::req(r, 1)),
     )
     .unwrap_or_else(|| crate::error::internal("retry key", "INSERT returned no row"));
-    let key = RetryKey {
-        id,
-        secret: secret
-            .try_into()
-            .unwrap_or_else(|_| crate::error::internal("retry key", "not 32 bytes")),
-    };
+    let seed: Secret = seed
+        .try_into()
+        .unwrap_or_else(|_| crate::error::internal("retry key", "not 32 bytes"));
+    let key = RetryKey::from_seed(id, &seed);
     // SAFETY: we are in a transaction that has just written a row, and
     // the table's name resolves in a syscache lookup.
     let (xid, table) = unsafe {
@@ -164,13 +193,10 @@ pub fn for_rotation(client: &mut SpiClient<'_>, now: Micros, grace_until: Micros
 
 /// The key a rotation used, if it has not been erased.
 pub fn find(client: &mut SpiClient<'_>, id: i64) -> Option<RetryKey> {
-    let secret: Option<Vec<u8>> = store::run(client, &store::FIND_RETRY_KEY, &[id.into()], |t| {
+    let seed: Option<Vec<u8>> = store::run(client, &store::FIND_RETRY_KEY, &[id.into()], |t| {
         store::first_row(t, |r| store::req(r, 1))
     });
-    Some(RetryKey {
-        id,
-        secret: secret?.try_into().ok()?,
-    })
+    Some(RetryKey::from_seed(id, &seed?.try_into().ok()?))
 }
 
 /// Erases every key whose grace windows are all over, in a database no
@@ -231,7 +257,7 @@ mod unit_tests {
     fn key(byte: u8) -> RetryKey {
         RetryKey {
             id: 7,
-            secret: [byte; 32],
+            salt: [byte; 32],
         }
     }
 

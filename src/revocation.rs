@@ -48,18 +48,23 @@ pub struct Reuse {
     pub current_generation: i32,
 }
 
-/// Revokes a session for reuse with its event and NOTIFY, if it is still
-/// live; whether it did.
-pub fn revoke_for_reuse(client: &mut SpiClient<'_>, reuse: &Reuse) -> bool {
+/// Revokes a session for reuse at `now` with its event and NOTIFY, if it is
+/// still live; whether it did. The details say which generation came back
+/// and when the reuse was detected (the backstop revokes later than that).
+pub fn revoke_for_reuse(client: &mut SpiClient<'_>, reuse: &Reuse, now: Micros) -> bool {
+    let mut details = json!({
+        "presented_generation": reuse.presented_generation,
+        "current_generation": reuse.current_generation,
+    });
+    if now != reuse.detected_at {
+        details["detected_at"] = json!(crate::clock::iso8601(reuse.detected_at));
+    }
     revoke(
         client,
         &[reuse.session_id],
-        reuse.detected_at,
+        now,
         Event::ReuseDetected,
-        json!({
-            "presented_generation": reuse.presented_generation,
-            "current_generation": reuse.current_generation,
-        }),
+        details,
     ) == 1
 }
 

@@ -105,6 +105,14 @@ enum Presented {
     },
 }
 
+/// What every writing call does first, cheaply (each at most once a second
+/// per backend): erase expired retry keys where no worker does, and retry
+/// pending reuse revocations where no worker does.
+fn housekeeping(client: &mut SpiClient<'_>, now: Micros) {
+    retry_pair::erase_expired(client, now);
+    backstop::retry_pending();
+}
+
 fn new_pair_secrets() -> (token::Secret, token::Secret) {
     (fresh(token::new_secret()), fresh(token::new_secret()))
 }
@@ -180,6 +188,15 @@ fn in_grace(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
 /// the rotation is still committing, yet take its snapshot after it.
 pub const RACE_WINDOW: Micros = 100_000;
 
+/// Whether the current pair came from a re-authentication so recent that a
+/// refresh presenting the pair it replaced is racing it (rule 7).
+fn racing_reauthentication(row: &SessionRow, now: Micros) -> bool {
+    row.grace_until.is_none()
+        && row
+            .rotated_at
+            .is_some_and(|at| now < at.saturating_add(RACE_WINDOW))
+}
+
 /// Whether a retry of a refresh rotation's parent gets the same pair: inside
 /// the grace window (rule 2), or racing the rotation (rule 7). Never after a
 /// reauthentication, which has no grace (its `grace_until` is NULL).
@@ -238,7 +255,7 @@ pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
     let deadlines = NewPair::at(now, absolute, &policy);
     probe::check_tables();
     store::connect(|client| {
-        retry_pair::erase_expired(client, now);
+        housekeeping(client, now);
         let cap = gucs::MAX_SESSIONS_PER_USER.get();
         if cap > 0 {
             evict_beyond_cap(client, user_id, cap, now, &policy);
@@ -345,7 +362,7 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     let policy = Policy::current();
     let was_current = matches!(presented, Presented::Current);
     store::connect(|client| {
-        retry_pair::erase_expired(client, now);
+        housekeeping(client, now);
         if was_current {
             // The common case, without a separate row lock: the rotation
             // applies only if the row still holds this token (see ROTATE).
@@ -400,8 +417,10 @@ fn refresh_locked(
             retry_pair(client, &row, token, effective).ok_or(Status::Expired)
         }
         // Superseded while this call waited, by a re-authentication or by
-        // two rotations: not a theft, but no pair to give either.
+        // two rotations, or by a re-authentication a moment before this call
+        // (another tab's): not a theft, but no pair to give either.
         Presented::Parent | Presented::Older { .. } if was_current => Err(Status::Expired),
+        Presented::Parent if racing_reauthentication(&row, now) => Err(Status::Expired),
         Presented::Parent => {
             // Outside the grace a parent past its own deadline is
             // expired, not reuse (precedence: expired first).
@@ -541,6 +560,8 @@ fn retry_pair(
 
 /// Rule 3: a superseded refresh token came back. The whole family dies, in
 /// this transaction and, should it not commit, through the backstop (rule 4).
+/// The durable record comes first: if anything fails between it and the
+/// revocation (a cancel, a timeout), the backstop still revokes.
 fn reuse_detected(client: &mut SpiClient<'_>, row: &SessionRow, replayed: i32, now: Micros) {
     let reuse = Reuse {
         session_id: row.session_id,
@@ -548,9 +569,8 @@ fn reuse_detected(client: &mut SpiClient<'_>, row: &SessionRow, replayed: i32, n
         presented_generation: replayed,
         current_generation: row.generation,
     };
-    if revocation::revoke_for_reuse(client, &reuse) {
-        backstop::detected(&reuse);
-    }
+    backstop::detected(&reuse);
+    revocation::revoke_for_reuse(client, &reuse, now);
 }
 
 pub fn revoke_token(token: Option<&str>) -> bool {
@@ -562,7 +582,7 @@ pub fn revoke_token(token: Option<&str>) -> bool {
     }
     let now = statement_now();
     store::connect(|client| {
-        retry_pair::erase_expired(client, now);
+        housekeeping(client, now);
         let Some(row) = load_for_update(client, &parsed.session) else {
             return false;
         };
@@ -577,7 +597,7 @@ pub fn revoke_id(session_id: &SessionId) -> bool {
     let now = statement_now();
     probe::check_tables();
     store::connect(|client| {
-        retry_pair::erase_expired(client, now);
+        housekeeping(client, now);
         revocation::revoke(client, &[*session_id], now, Event::Revoked, json!({})) == 1
     })
 }
@@ -589,7 +609,7 @@ pub fn revoke_user(user_id: &str, keep: Option<&SessionId>) -> usize {
     let policy = Policy::current();
     probe::check_tables();
     store::connect(|client| {
-        retry_pair::erase_expired(client, now);
+        housekeeping(client, now);
         let rows: Vec<SessionRow> = store::run(
             client,
             &store::LOAD_USER_FOR_UPDATE,
@@ -647,7 +667,7 @@ pub fn set_data(session_id: &SessionId, data: RawJsonb) -> bool {
     let policy = Policy::current();
     probe::check_tables();
     store::connect(|client| {
-        retry_pair::erase_expired(client, now);
+        housekeeping(client, now);
         let Some(row) = load_for_update(client, session_id) else {
             return false;
         };
@@ -680,7 +700,7 @@ pub fn reauthenticate(token: Option<&str>, auth_level: Option<i32>) -> Result<Pa
     let now = statement_now();
     let policy = Policy::current();
     store::connect(|client| {
-        retry_pair::erase_expired(client, now);
+        housekeeping(client, now);
         let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
         let presented = identify_locked(client, &parsed, &row).ok_or(Status::Invalid)?;
         access_status(&presented, &row, now, &policy)?;

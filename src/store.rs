@@ -57,10 +57,29 @@ thread_local! {
 pub fn connect<R>(body: impl FnOnce(&mut SpiClient<'_>) -> R) -> R {
     // SAFETY: reads the backend's current memory context.
     let caller = unsafe { pg_sys::CurrentMemoryContext };
-    let outer = CALLER_CONTEXT.with(|c| c.replace(caller));
-    let result = pgrx::spi::Spi::connect_mut(body);
-    CALLER_CONTEXT.with(|c| c.set(outer));
-    result
+    let _restore = CallerContext::enter(caller);
+    pgrx::spi::Spi::connect_mut(body)
+}
+
+/// Sets `CALLER_CONTEXT` until dropped, on an error's unwinding too: a
+/// context pointer left behind would name memory that the error's cleanup
+/// has freed.
+struct CallerContext {
+    outer: pg_sys::MemoryContext,
+}
+
+impl CallerContext {
+    fn enter(caller: pg_sys::MemoryContext) -> Self {
+        CallerContext {
+            outer: CALLER_CONTEXT.with(|c| c.replace(caller)),
+        }
+    }
+}
+
+impl Drop for CallerContext {
+    fn drop(&mut self) {
+        CALLER_CONTEXT.with(|c| c.set(self.outer));
+    }
 }
 
 /// Runs `read` with a throwaway child of the caller's context current, so

@@ -85,7 +85,7 @@ pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
             tick();
             if now >= state.last_pass + interval() {
                 state.last_pass = now;
-                run_pass();
+                run_pass(&mut state);
                 // A background worker has no idle loop to send its statistics;
                 // the purge's deletions must be counted before `vacuum_due`
                 // reads them.
@@ -163,8 +163,21 @@ impl State {
         }
     }
 
+    /// Between two batches of a pass: what the tick does, so that a long
+    /// pass delays no pending revocation by more than a batch.
+    fn between_batches(&mut self) {
+        backstop::apply_pending();
+        self.supervise_other_databases();
+    }
+
     fn vacuum_if_due(&mut self) {
         if self.vacuum_paused_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        // A VACUUM can run for minutes, and it cannot pause for a pending
+        // revocation: not while one waits in this database.
+        // SAFETY: set once the worker is connected.
+        if !pending::of_database(unsafe { pg_sys::MyDatabaseId }).is_empty() {
             return;
         }
         if !vacuum_due() {
@@ -307,7 +320,7 @@ fn pause_after(work: Duration) -> Duration {
 }
 
 /// One pass: batches until one comes back short, or an error.
-fn run_pass() {
+fn run_pass(state: &mut State) {
     let started = Instant::now();
     let batch_size = purge::batch_size();
     let mut removed = Removed::default();
@@ -335,6 +348,7 @@ fn run_pass() {
         // the hot path keeps its latency while the purge catches up. SIGTERM
         // ends the process in here.
         bgworker::sleep(pause_after(batch_started.elapsed()));
+        state.between_batches();
     }
     let _ = in_transaction(|| {
         Spi::connect_mut(|client| purge::record(client, "worker", removed, batches, started))
@@ -375,6 +389,7 @@ fn vacuum_due() -> bool {
     let Some(sql) = vacuum::statement(&due) else {
         return true;
     };
+    let before = vacuum_counts(&due);
     let started = Instant::now();
     let result = PgTryBuilder::new(|| {
         // SAFETY: between transactions, in this background worker.
@@ -393,10 +408,32 @@ fn vacuum_due() -> bool {
     let tables = due.join(", ");
     match result {
         Ok(()) => {
-            log!(
-                "{NAME}: vacuumed {tables} in {:.3} s",
-                started.elapsed().as_secs_f64()
-            );
+            // SKIP_LOCKED passes over a table another VACUUM has: say so,
+            // rather than claim it was vacuumed.
+            let after = vacuum_counts(&due);
+            let (done, skipped): (Vec<_>, Vec<_>) = due
+                .iter()
+                .zip(before.iter().zip(after.iter()))
+                .partition(|(_, (b, a))| a > b || **b < 0 || **a < 0);
+            let names = |v: &[(&String, (&i64, &i64))]| {
+                v.iter()
+                    .map(|(t, _)| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if !done.is_empty() {
+                log!(
+                    "{NAME}: vacuumed {} in {:.3} s",
+                    names(&done),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            if !skipped.is_empty() && skip_log_due() {
+                log!(
+                    "{NAME}: skipped VACUUM of {} (another VACUUM or a lock holds it; said at most once a minute)",
+                    names(&skipped)
+                );
+            }
             true
         }
         Err(e) => {
@@ -407,4 +444,48 @@ fn vacuum_due() -> bool {
             false
         }
     }
+}
+
+/// How many times each table has been vacuumed, from the cumulative
+/// statistics (-1 where they cannot be read): compared before and after a
+/// VACUUM, it tells the tables vacuumed from those SKIP_LOCKED passed over.
+fn vacuum_counts(tables: &[String]) -> Vec<i64> {
+    let counts = in_transaction(|| {
+        Spi::connect(|client| {
+            tables
+                .iter()
+                .map(|table| {
+                    client
+                        .select(
+                            "SELECT pg_catalog.pg_stat_get_vacuum_count(\
+                             $1::pg_catalog.text::pg_catalog.regclass::pg_catalog.oid)",
+                            None,
+                            &[table.as_str().into()],
+                        )
+                        .ok()
+                        .and_then(|t| t.first().get_one::<i64>().ok().flatten())
+                        .unwrap_or(-1)
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+    counts.unwrap_or_else(|_| vec![-1; tables.len()])
+}
+
+thread_local! {
+    static SKIP_LOGGED_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether to log a skipped VACUUM now: autovacuum can hold a table for
+/// minutes, and a line after every pass would bury the log.
+fn skip_log_due() -> bool {
+    SKIP_LOGGED_AT.with(|at| {
+        let due = at
+            .get()
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if due {
+            at.set(Some(Instant::now()));
+        }
+        due
+    })
 }

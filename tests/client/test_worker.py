@@ -299,3 +299,29 @@ def test_a_table_lock_makes_a_batch_give_up_not_hang(own_cluster):
     dba.rollback()
     assert wait_until(lambda: counts(db) == {"sessions": 0, "blacklist": 0, "events": 0}, 5)
     assert worker_pid(db) == pid
+
+
+def test_a_vacuum_that_skip_locked_passed_over_is_logged_as_skipped(own_cluster):
+    """Review 0.2.0 §12: while autovacuum (or a DBA) held a table, the worker
+    logged "vacuumed session_auth.sessions in 0.000 s" after every pass. The
+    VACUUM's SKIP_LOCKED had passed over it. Now the log says it was skipped,
+    at most once a minute, and says "vacuumed" once it really is."""
+    c = own_cluster(*FAST)
+    db = c.connect()
+    db.execute("CREATE EXTENSION pg_session_auth")
+    holder = c.connect(autocommit=False)
+    holder.execute("LOCK TABLE session_auth.blacklist IN SHARE UPDATE EXCLUSIVE MODE")  # VACUUM's lock
+    db.execute(
+        "INSERT INTO session_auth.blacklist (digest, session_id, kind, generation, revoked_at, "
+        " expires_at, reason) "
+        "SELECT sha256(('skip' || g)::bytea), gen_random_uuid(), 'refresh', 1, now() - interval '2 h', "
+        " now() - interval '1 h', 'superseded' FROM generate_series(1, 5000) g")
+    skipped = re.compile(r"pg_session_auth purge: skipped VACUUM of [a-z_., ]*session_auth\.blacklist")
+    vacuumed = re.compile(r"pg_session_auth purge: vacuumed [a-z_., ]*session_auth\.blacklist")
+    assert wait_until(lambda: skipped.search(c.log_text()), 30), c.log_text()[-2000:]
+    time.sleep(3)  # some fifteen more passes
+    log = c.log_text()
+    assert len(skipped.findall(log)) == 1, "said once, not after every pass"
+    assert not vacuumed.search(log), "never claimed while the table was held"
+    holder.rollback()
+    assert wait_until(lambda: vacuumed.search(c.log_text()), 30), c.log_text()[-2000:]

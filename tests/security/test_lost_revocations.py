@@ -14,6 +14,7 @@ Every test ends with every attacked session revoked and exactly one
 """
 
 import threading
+from datetime import datetime
 import time
 
 import psycopg
@@ -283,3 +284,174 @@ def test_a_database_owner_cannot_turn_the_workers_into_itself(own_cluster):
             assert wait_until(gone, 20), "the worker purges in its database"
     log = c.log_text()
     assert "permission denied" not in log, [line for line in log.splitlines() if "permission denied" in line][:3]
+
+
+def expired_backlog(db, rows):
+    """`rows` blacklist entries that expired an hour ago: a purge pass with
+    work for a minute or more (what ordinary expiry traffic leaves)."""
+    db.execute(
+        "INSERT INTO session_auth.blacklist (digest, session_id, kind, generation, revoked_at, "
+        " expires_at, reason) "
+        "SELECT sha256(('backlog' || g)::bytea), gen_random_uuid(), 'refresh', 1, "
+        " now() - interval '2 h', now() - interval '1 h', 'superseded' "
+        "FROM generate_series(1, %s) g", [rows])
+    db.execute("ANALYZE session_auth.blacklist")
+
+
+def backlog_left(db):
+    return db.execute("SELECT count(*) AS n FROM session_auth.blacklist "
+                      "WHERE expires_at < now() - interval '30 min'").fetchone()["n"]
+
+
+def test_a_purge_backlog_does_not_hold_up_a_revocation(own_cluster):
+    """Review 0.2.0 §5: while the purge worker worked off a backlog (and its
+    VACUUM) nothing applied pending records, in any database, for as long as
+    the pass took (34 s measured). A rolled-back detection, in the worker's
+    database and in another, is revoked while the pass still has most of its
+    backlog ahead of it."""
+    c = own_cluster("session_auth.purge_interval = '1s'", "session_auth.purge_batch_size = 5000",
+                    "max_connections = 40")
+    db = c.connect()
+    db.execute("CREATE EXTENSION pg_session_auth")
+    db.execute("CREATE DATABASE other")
+    other = c.connect(dbname="other")
+    other.execute("CREATE EXTENSION pg_session_auth")
+    expired_backlog(db, 400_000)  # 80 batches, each followed by a pause nine times as long
+    assert wait_until(lambda: backlog_left(db) < 400_000, 20), "the pass started"
+    for dbname, conn in (("postgres", db), ("other", other)):
+        stolen = stolen_sessions(conn, 3, f"backlog-{dbname}")
+        app = c.connect(dbname=dbname, autocommit=False)
+        app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+        for _, token in stolen:
+            assert replay(app, token) == "reuse_detected"
+        app.rollback()
+        ok, missing, got = all_revoked_once(conn, [i for i, _ in stolen], timeout=30)
+        assert ok, f"{dbname}: lost {missing}: {got}"
+        left = backlog_left(db)
+        assert left > 100_000, f"{dbname}: revoked only once the pass was nearly over ({left} rows left)"
+
+
+def reuse_files(db):
+    return db.execute("SELECT count(*) AS n FROM pg_ls_dir('pg_session_auth') f "
+                      "WHERE f LIKE '%%.reuse'").fetchone()["n"]
+
+
+@pytest.fixture
+def unpreloaded(own_cluster):
+    c = own_cluster("shared_preload_libraries = ''", "max_prepared_transactions = 5")
+    c.connect().execute("CREATE EXTENSION pg_session_auth")
+    return c
+
+
+def held_by_a_prepared_transaction(c, user):
+    """A rolled-back detection whose row a prepared transaction holds while
+    the backstop runs, then released: [session_id]."""
+    db = c.connect()
+    db.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    s = sa.issue(db, user)
+    first = sa.refresh(db, s["refresh_token"])
+    time.sleep(0.2)
+    app = c.connect(autocommit=False)
+    app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    assert sa.refresh(app, first["refresh_token"])["status"] == "ok"
+    app.execute("SAVEPOINT s")
+    assert replay(app, s["refresh_token"]) == "reuse_detected"
+    app.execute("ROLLBACK TO SAVEPOINT s")
+    app.execute("PREPARE TRANSACTION 'held'")
+    app.commit()
+    time.sleep(1.5)  # the backstop started at PREPARE found the row held
+    assert outcome(db, [str(s["session_id"])])[str(s["session_id"])] == (False, 0)
+    db.execute("ROLLBACK PREPARED 'held'")
+    return db, str(s["session_id"])
+
+
+def test_without_preloading_the_next_writing_call_retries_a_held_record(unpreloaded):
+    """Review 0.2.0 §7: without preloading the one backstop attempt found the
+    row held by a prepared transaction, and nothing tried again: the session
+    stayed usable. Now every writing call of the database retries (at most
+    once a second per backend)."""
+    db, victim = held_by_a_prepared_transaction(unpreloaded, "np-retry")
+    assert reuse_files(db) == 1
+    time.sleep(1.1)
+    sa.issue(unpreloaded.connect(), "np-someone-logs-in")  # any writing call, any backend
+    ok, missing, got = all_revoked_once(db, [victim], timeout=15)
+    assert ok, got
+    assert wait_until(lambda: reuse_files(db) == 0, 10), "the record is deleted once applied"
+
+
+def test_without_preloading_session_purge_applies_logs_and_deletes_records(unpreloaded):
+    """`session_purge()` revokes what the records name, logs how many it
+    revoked and deletes the records when its transaction commits (and only
+    then)."""
+    db, victim = held_by_a_prepared_transaction(unpreloaded, "np-purge")
+    db.execute("BEGIN")
+    db.execute("SELECT session_purge()")
+    assert outcome(db, [victim])[victim] == (True, 1)
+    db.execute("ROLLBACK")
+    assert reuse_files(db) == 1, "a rolled-back session_purge() keeps the record"
+    assert outcome(db, [victim])[victim] == (False, 0)
+    logged = f"session_purge() revoked session {victim}"
+    assert logged not in unpreloaded.log_text(), "logged only when it took effect"
+    db.execute("SELECT session_purge()")
+    assert outcome(db, [victim])[victim] == (True, 1)
+    assert reuse_files(db) == 0
+    assert unpreloaded.log_text().count(logged) == 1
+
+
+def test_a_table_lock_and_cancels_delay_a_revocation_but_lose_nothing(own_cluster):
+    """Review 0.2.0 §8 and §9: a DBA's ACCESS EXCLUSIVE lock on the events
+    table made the backstop wait without limit, and a cancel of the purge
+    worker left it a pointer to freed memory. §9: the revocation was dated
+    at the detection, and logged as done before (and at every failed) commit.
+    Now every attempt gives up after lock_timeout and tries again; cancels
+    are survived; the revocation is dated when it took effect, the event
+    says when the reuse was detected, and the log says it once."""
+    c = own_cluster("session_auth.purge_interval = '200ms'")
+    db = c.connect()
+    db.execute("CREATE EXTENSION pg_session_auth")
+    (victim, token), = stolen_sessions(db, 1, "locked-out")
+    # The DBA's lock request queues behind the detecting transaction (whose
+    # event INSERT holds the table), so it is granted the moment that
+    # transaction rolls back, before any backstop can get there.
+    no_hang = {"options": "-c lock_timeout=30s"}
+    app = c.connect(autocommit=False, **no_hang)
+    app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    detected = app.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
+    assert replay(app, token) == "reuse_detected"
+    dba = c.connect(autocommit=False, **no_hang)
+    dba_pid = dba.execute("SELECT pg_backend_pid() AS p").fetchone()["p"]
+    locking = threading.Thread(
+        target=lambda: dba.execute("LOCK TABLE session_auth.events IN ACCESS EXCLUSIVE MODE"))
+    locking.start()
+
+    def dba_waits():
+        db.execute("SELECT pg_stat_clear_snapshot()")
+        return db.execute("SELECT wait_event_type = 'Lock' AS w FROM pg_stat_activity WHERE pid = %s",
+                          [dba_pid]).fetchone()["w"]
+
+    assert wait_until(dba_waits, 10)
+    app.rollback()
+    locking.join(timeout=30)
+    assert not locking.is_alive(), "the DBA holds the lock"
+    for _ in range(3):
+        time.sleep(1.0)
+        db.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                   "WHERE backend_type LIKE 'pg_session_auth%%'")
+    time.sleep(1.5)
+    lock_waits = db.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE backend_type LIKE 'pg_session_auth%%' "
+        "AND wait_event_type = 'Lock' AND now() - state_change > interval '1.5 s'").fetchone()["n"]
+    assert lock_waits == 0, "nothing of the extension waits longer than its lock_timeout"
+    released = db.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
+    dba.rollback()
+    ok, missing, got = all_revoked_once(db, [victim], timeout=15)
+    assert ok, got
+    row = db.execute(
+        "SELECT s.revoked_at, e.at, e.details FROM session_auth.sessions s "
+        "JOIN session_auth.events e USING (session_id) "
+        "WHERE s.session_id = %s AND e.event = 'reuse_detected'", [victim]).fetchone()
+    assert row["revoked_at"] >= released and row["at"] == row["revoked_at"], row
+    assert abs((datetime.fromisoformat(row["details"]["detected_at"]) - detected).total_seconds()) < 1, row
+    log = c.log_text()
+    assert log.count(f"revoked session {victim}") == 1, "logged once, after the commit"
+    assert "trying again" in log, "the lock's failed attempts are logged"

@@ -43,6 +43,33 @@ def test_a_tab_reauthenticating_with_an_in_grace_parent_is_refused_and_kills_not
     assert sa.validate(db, stepped["access_token"])["auth_level"] == 2
 
 
+def test_a_tab_refreshing_just_after_another_tab_stepped_up_is_not_theft(connect):
+    """Review 0.2.0 §10: tab A re-authenticates, tab B refreshes with the
+    shared refresh cookie a few ms later. That was `reuse_detected` and the
+    whole session died. Within RACE_WINDOW (100 ms) it is a race: `expired`,
+    and tab A's new pair lives on. After it, the same call is theft."""
+    tab_a, tab_b = connect(), connect()
+    raced = 0
+    for attempt in range(10):
+        s = sa.issue(tab_a, f"tabs-stepup-race-{attempt}")
+        started = time.monotonic()
+        stepped = sa.reauthenticate(tab_a, s["access_token"], 2)
+        late = sa.refresh(tab_b, s["refresh_token"])
+        if time.monotonic() - started > 0.08:
+            continue  # this machine was too slow for the attempt to be a race
+        raced += 1
+        assert late["status"] == "expired", f"attempt {attempt}: {late['status']}"
+        assert sa.validate(tab_a, stepped["access_token"])["status"] == "ok"
+        assert sa.refresh(tab_a, stepped["refresh_token"])["status"] == "ok"
+    assert raced >= 5, f"only {raced} of 10 attempts came within 80 ms"
+    # The control: past the window the replaced refresh token is reuse.
+    s = sa.issue(tab_a, "tabs-stepup-late")
+    stepped = sa.reauthenticate(tab_a, s["access_token"], 2)
+    time.sleep(0.2)
+    assert sa.refresh(tab_b, s["refresh_token"])["status"] == "reuse_detected"
+    assert sa.validate(tab_a, stepped["access_token"])["status"] == "revoked"
+
+
 @pytest.mark.parametrize("grace", ["0", "10s"])
 def test_simultaneous_refreshes_of_one_token_never_look_like_theft(connect, grace):
     """Eight requests refresh with the same token at the same instant, twenty

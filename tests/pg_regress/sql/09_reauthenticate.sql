@@ -42,8 +42,14 @@ SELECT status, auth_level FROM session_validate(:'a5');
 SELECT event, details FROM session_auth.events
 WHERE session_id = :'session_id' ORDER BY event_id;
 
--- The refresh token of a pair replaced by a reauthentication is reuse at
--- once (even within session_auth.refresh_grace): the whole session dies.
+-- The refresh token of a pair replaced by a reauthentication has no grace
+-- (even within session_auth.refresh_grace). For the first 100 ms it is
+-- taken for another tab racing the reauthentication, and answers 'expired'
+-- (docs/design.md, rule 7); the session lives on.
+SELECT status AS racing_tab FROM session_refresh(:'r4');
+SELECT status AS current_access FROM session_validate(:'a5');
+-- After that it is reuse: the whole session dies.
+SELECT pg_sleep(0.2);
 SELECT status AS superseded_refresh FROM session_refresh(:'r4');
 SELECT status AS current_access FROM session_validate(:'a5');
 SELECT status AS current_refresh FROM session_refresh(:'r5');
