@@ -69,8 +69,13 @@ chroot_unmount() {
 # CA the site adds, say a TLS-inspecting proxy's), proxy variables.
 chroot_network() {
     as_root cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
-    [ -f /etc/ssl/certs/ca-certificates.crt ] \
-        && as_root cp /etc/ssl/certs/ca-certificates.crt "$CHROOT/etc/ssl/certs/ca-certificates.crt"
+    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+        # A fresh minbase system has no /etc/ssl/certs until its
+        # ca-certificates package is in (which then rewrites the bundle:
+        # hence the copy before every use).
+        as_root mkdir -p "$CHROOT/etc/ssl/certs"
+        as_root cp /etc/ssl/certs/ca-certificates.crt "$CHROOT/etc/ssl/certs/ca-certificates.crt"
+    fi
     return 0
 }
 

@@ -126,14 +126,15 @@ CREATE INDEX blacklist_expires_at_idx ON session_auth.blacklist (expires_at);
 COMMENT ON TABLE session_auth.blacklist IS
     'Superseded and revoked token digests until they would have expired';
 
--- Keys that salt the derivation of refreshed pairs (src/retry_pair.rs).
--- Each backend makes one when it first rotates and then every second; a
--- key is erased a few seconds after the last grace window it covers, and
--- then no pair derived with it can be derived again. UNLOGGED, and not
--- registered for pg_dump: no WAL record, base backup, standby or dump ever
--- holds a key, so none of them, with a superseded token, rebuilds a pair
--- later. (A crash, a restore or a failover therefore ends the retries of
--- the last few seconds' rotations: they answer 'expired'.)
+-- Keys that salt the derivation of refreshed pairs (src/retry_pair.rs), when
+-- the library is not preloaded; preloaded, they live in shared memory and
+-- this table stays empty (src/retry_keys.rs). A key serves a second of
+-- rotations and is erased a few seconds after the last grace window it
+-- covers; then no pair derived with it can be derived again. UNLOGGED, and
+-- not registered for pg_dump: no WAL record, base backup, standby or dump
+-- ever holds a key, so none of them, with a superseded token, rebuilds a
+-- pair later. (A crash, a restore or a failover therefore ends the retries
+-- of the last few seconds' rotations: they answer 'expired'.)
 CREATE UNLOGGED TABLE session_auth.retry_keys (
     key_id      bigint      PRIMARY KEY,
     secret      bytea       NOT NULL CHECK (pg_catalog.octet_length(secret) OPERATOR(pg_catalog.=) 32),

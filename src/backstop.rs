@@ -25,6 +25,7 @@
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker};
 use pgrx::prelude::*;
@@ -61,7 +62,9 @@ unsafe extern "C-unwind" fn unregister_purge_worker(_code: i32, _arg: pg_sys::Da
 // The detecting backend.
 
 thread_local! {
-    static DETECTED_IN_TRANSACTION: Cell<bool> = const { Cell::new(false) };
+    /// The innermost (sub)transaction of the current transaction that
+    /// detected a reuse; 0: none.
+    static DETECTED_IN: Cell<pg_sys::SubTransactionId> = const { Cell::new(0) };
     static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -91,7 +94,9 @@ pub fn detected(reuse: &Reuse) {
         return;
     }
     register_callbacks();
-    DETECTED_IN_TRANSACTION.with(|d| d.set(true));
+    // SAFETY: reads the current subtransaction's id.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    DETECTED_IN.with(|d| d.set(d.get().max(subxact)));
 }
 
 fn register_callbacks() {
@@ -106,30 +111,40 @@ fn register_callbacks() {
     CALLBACKS_REGISTERED.with(|c| c.set(true));
 }
 
+/// PostgreSQL calls the callbacks from C, in the middle of a commit or an
+/// abort: a panic must not unwind into it (that would abort the process,
+/// and the postmaster would restart the server). Whatever goes wrong in one
+/// is dropped; the records stay, and a later applier takes them.
+fn in_callback(body: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+}
+
 unsafe extern "C-unwind" fn on_xact_event(
     event: pg_sys::XactEvent::Type,
     _: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT
-            | XACT_EVENT_ABORT
-            | XACT_EVENT_PREPARE
-            | XACT_EVENT_PARALLEL_COMMIT
-            | XACT_EVENT_PARALLEL_ABORT
-    ) && DETECTED_IN_TRANSACTION.with(|d| d.replace(false))
-    {
-        wake_applier();
-    }
-    match event {
-        XACT_EVENT_COMMIT => records_made_sure_of_committed(),
-        XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
-            // Not (or not yet) committed: the records stay for an applier.
-            DONE_AT_COMMIT.with(|d| d.borrow_mut().clear());
+    in_callback(|| {
+        if matches!(
+            event,
+            XACT_EVENT_COMMIT
+                | XACT_EVENT_ABORT
+                | XACT_EVENT_PREPARE
+                | XACT_EVENT_PARALLEL_COMMIT
+                | XACT_EVENT_PARALLEL_ABORT
+        ) && DETECTED_IN.try_with(|d| d.replace(0)).unwrap_or(0) != 0
+        {
+            wake_applier();
         }
-        _ => {}
-    }
+        match event {
+            XACT_EVENT_COMMIT => records_made_sure_of_committed(),
+            XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+                // Not (or not yet) committed: the records stay for an applier.
+                let _ = DONE_AT_COMMIT.try_with(|d| d.borrow_mut().clear());
+            }
+            _ => {}
+        }
+    });
 }
 
 /// `session_purge()`'s transaction committed: log its revocations and delete
@@ -138,7 +153,9 @@ unsafe extern "C-unwind" fn on_xact_event(
 /// revocations, so the records stay; the next applier finds the sessions
 /// revoked, flushes, and deletes them.
 fn records_made_sure_of_committed() {
-    let done = DONE_AT_COMMIT.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    let done = DONE_AT_COMMIT
+        .try_with(|d| std::mem::take(&mut *d.borrow_mut()))
+        .unwrap_or_default();
     // SAFETY: reads a setting of this backend.
     let durable = unsafe { pg_sys::synchronous_commit }
         >= pg_sys::SyncCommitLevel::SYNCHRONOUS_COMMIT_LOCAL_FLUSH as i32;
@@ -154,21 +171,28 @@ fn records_made_sure_of_committed() {
 
 unsafe extern "C-unwind" fn on_subxact_event(
     event: pg_sys::SubXactEvent::Type,
-    _: pg_sys::SubTransactionId,
+    aborted: pg_sys::SubTransactionId,
     _: pg_sys::SubTransactionId,
     _: *mut std::ffi::c_void,
 ) {
-    // A savepoint rolled back: a detection under it may be undone already,
-    // while the transaction goes on.
     if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         return;
     }
-    // What a session_purge() under it made sure of may be undone: keep
-    // those records for an applier.
-    DONE_AT_COMMIT.with(|d| d.borrow_mut().clear());
-    if DETECTED_IN_TRANSACTION.with(Cell::get) {
-        wake_applier();
-    }
+    in_callback(|| {
+        // What a session_purge() under it made sure of may be undone: keep
+        // those records for an applier.
+        let _ = DONE_AT_COMMIT.try_with(|d| d.borrow_mut().clear());
+        // A savepoint rolled back: a detection under it is undone, while
+        // the transaction goes on. Subtransaction ids grow, and the only
+        // subtransactions with an id at most a detection's that can still
+        // abort are the one that detected and those around it: exactly the
+        // aborts that undo it. (ORMs roll back many savepoints; the others
+        // start nothing.)
+        let detected_in = DETECTED_IN.try_with(Cell::get).unwrap_or(0);
+        if detected_in != 0 && aborted <= detected_in {
+            wake_applier();
+        }
+    });
 }
 
 /// Called from transaction callbacks: must not raise. Starts a backstop for
@@ -190,29 +214,35 @@ fn wake_applier() {
 }
 
 thread_local! {
-    static LAST_RETRY: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+    /// When this backend may next retry, and the delay after that.
+    static NEXT_RETRY: Cell<(Option<Instant>, Duration)> =
+        const { Cell::new((None, RETRY_FIRST)) };
 }
 
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_LAST: Duration = Duration::from_secs(30);
+
 /// Without a purge worker, nothing else retries a record whose row a caller
-/// held (a prepared transaction, say): every writing call does, at most once
-/// a second per backend, by starting a backstop if its database has records.
+/// held (a prepared transaction, say): every writing call does, by starting
+/// a backstop if its database has records. At most once a second per
+/// backend, backing off to once every 30 s while records stay, so that
+/// many backends and a long-held row do not fill the worker slots.
 pub fn retry_pending() {
     if crate::shmem::purge_worker_latch().is_some() {
-        return; // the purge worker retries every second
+        return; // the purge worker retries
     }
-    let due = LAST_RETRY.with(|l| {
-        l.get()
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
-    });
-    if !due {
+    let (next, delay) = NEXT_RETRY.with(Cell::get);
+    if next.is_some_and(|t| Instant::now() < t) {
         return;
     }
-    LAST_RETRY.with(|l| l.set(Some(std::time::Instant::now())));
     // SAFETY: as in `detected`.
     let database = unsafe { pg_sys::MyDatabaseId };
-    if !pending::of_database(database).is_empty() {
-        launch(database);
+    if pending::of_database(database).is_empty() {
+        NEXT_RETRY.with(|r| r.set((Some(Instant::now() + RETRY_FIRST), RETRY_FIRST)));
+        return;
     }
+    NEXT_RETRY.with(|r| r.set((Some(Instant::now() + delay), (delay * 2).min(RETRY_LAST))));
+    launch(database);
 }
 
 // ---------------------------------------------------------------------------
@@ -233,11 +263,12 @@ pub fn apply_pending() -> (usize, usize) {
         }) {
             Ok(Outcome::Held) => left += 1,
             Ok(outcome) => {
-                // Committed, and so was the detecting transaction if the
-                // session was revoked already: once that is flushed (either
-                // may have been asynchronous), the record can go.
-                // SAFETY: between transactions; flushes what is inserted.
-                unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+                // Committed and flushed: the workers commit synchronously
+                // (`bgworker`), and both outcomes locked the session row,
+                // so the transaction had an id and a commit record that
+                // comes after the detecting transaction's, if that one
+                // revoked the session (asynchronously, perhaps). The
+                // record can go.
                 if matches!(outcome, Outcome::Revoked) {
                     log!(
                         "pg_session_auth: revoked session {} for refresh-token reuse the detecting transaction did not commit",

@@ -32,32 +32,6 @@ pub static DATABASE: GucSetting<Option<CString>> =
 
 const DEFAULT_DATABASE: &std::ffi::CStr = c"postgres";
 
-/// Whether this backend's database is the one a purge worker serves (the
-/// library is preloaded and `session_auth.database` names it). Asked once
-/// per backend: neither can change while it runs.
-pub fn worker_serves_this_database() -> bool {
-    thread_local! {
-        static SERVED: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
-    }
-    SERVED.with(|served| {
-        *served.get_or_init(|| {
-            // SAFETY: a flag set at load, and a syscache lookup of our own
-            // database's name.
-            unsafe {
-                if !PRELOADED.load(std::sync::atomic::Ordering::Relaxed) {
-                    return false;
-                }
-                let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-                !name.is_null()
-                    && std::ffi::CStr::from_ptr(name).to_string_lossy() == worker_database()
-            }
-        })
-    })
-}
-
-/// Whether the library was loaded by `shared_preload_libraries`.
-static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// The database the purge worker serves.
 pub fn worker_database() -> String {
     DATABASE
@@ -90,7 +64,6 @@ pub fn refresh_grace_us() -> i64 {
 /// `session_auth.database` is `PGC_POSTMASTER`, which PostgreSQL only allows
 /// while preloading, so it exists only then (it matters only to the worker).
 pub fn register(preloading: bool) {
-    PRELOADED.store(preloading, std::sync::atomic::Ordering::Relaxed);
     GucRegistry::define_int_guc(
         c"session_auth.access_ttl",
         c"Lifetime of an access token.",

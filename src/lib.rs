@@ -6,8 +6,9 @@
 //! * `session`: the lifecycle: issue, validate, refresh, revoke, list,
 //!   set data, re-authenticate.
 //! * `token`: the token format, parsing, digests. `ids`: session ids.
-//! * `retry_pair`: how a retry inside the grace gets the same pair (HKDF),
-//!   and the short-lived keys that allows.
+//! * `retry_pair`: how a retry inside the grace gets the same pair (HKDF).
+//!   `retry_keys`: the short-lived keys that allows, and where they live
+//!   (`key_ring` in shared memory, or a table).
 //! * `revocation`: revoking, events and NOTIFY.
 //! * `backstop` and `pending`: making a reuse revocation stick when the
 //!   detecting transaction does not commit.
@@ -31,9 +32,11 @@ mod extension;
 mod gucs;
 mod ids;
 mod jsonb;
+mod key_ring;
 mod pending;
 mod probe;
 mod purge;
+mod retry_keys;
 mod retry_pair;
 mod revocation;
 mod session;
@@ -80,7 +83,7 @@ pub extern "C-unwind" fn _PG_init() {
 /// before their next use. Must not raise.
 unsafe extern "C-unwind" fn on_relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     probe::forget_layouts(relid);
-    retry_pair::forget_cached_key(relid);
+    retry_keys::forget_cached_key(relid);
 }
 
 /// Required by `cargo pgrx test`.

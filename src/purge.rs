@@ -69,7 +69,7 @@ pub fn batch(client: &mut SpiClient<'_>, now: Micros, batch_size: i32) -> Remove
     };
     let blacklist = expired(client, &store::PURGE_BLACKLIST, now);
     let events = expired(client, &store::PURGE_EVENTS, now.saturating_sub(retention));
-    crate::retry_pair::erase_expired_now(client, now);
+    crate::retry_keys::erase_expired_now(client, now);
     // Last: moving `purge_after` locks live sessions, which a refresh may
     // want, so those locks are held only until the batch commits, next.
     let (sessions, sessions_deferred) = store::run(

@@ -30,6 +30,7 @@ use crate::gucs;
 use crate::ids::SessionId;
 use crate::jsonb::RawJsonb;
 use crate::probe;
+use crate::retry_keys;
 use crate::retry_pair;
 use crate::revocation::{self, Event, Reuse};
 use crate::store::{self, SessionRow};
@@ -109,7 +110,7 @@ enum Presented {
 /// per backend): erase expired retry keys where no worker does, and retry
 /// pending reuse revocations where no worker does.
 fn housekeeping(client: &mut SpiClient<'_>, now: Micros) {
-    retry_pair::erase_expired(client, now);
+    retry_keys::erase_expired(client, now);
     backstop::retry_pending();
 }
 
@@ -456,7 +457,7 @@ fn rotate(
     effective: Effective,
 ) -> Option<Pair> {
     let grace_until = now.saturating_add(policy.refresh_grace);
-    let key = retry_pair::for_rotation(client, now, grace_until);
+    let key = retry_keys::for_rotation(client, now, grace_until);
     let (access, refresh) = retry_pair::derive(
         presented_refresh,
         &key,
@@ -542,7 +543,7 @@ fn retry_pair(
     parent: &str,
     effective: Effective,
 ) -> Option<Pair> {
-    let key = retry_pair::find(client, row.retry_key_id?)?;
+    let key = retry_keys::find(client, row.retry_key_id?, statement_now())?;
     let (access, refresh) = retry_pair::derive(parent, &key, &row.session_id, row.generation);
     let access_token = token::encode(Kind::Access, &row.session_id, &access);
     let refresh_token = token::encode(Kind::Refresh, &row.session_id, &refresh);

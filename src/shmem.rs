@@ -3,21 +3,22 @@
 //! `None` otherwise.
 //!
 //! * The purge worker's latch, where a backend that detected a theft wakes it.
-//! * The retry-key key: 256 random bits made when the postmaster starts,
-//!   never written anywhere (see `retry_pair`).
+//! * The retry keys of the last seconds' rotations (see `retry_keys`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, PgLwLock};
 
+use crate::key_ring::KeyRing;
+
 static PURGE_WORKER_LATCH: PgAtomic<AtomicUsize> =
     // SAFETY: the name is the extension's own.
     unsafe { PgAtomic::new(c"pg_session_auth purge worker latch") };
 
-static RETRY_KEY_KEY: PgLwLock<[u8; 32]> =
+static RETRY_KEYS: PgLwLock<KeyRing> =
     // SAFETY: the name is the extension's own.
-    unsafe { PgLwLock::new(c"pg_session_auth retry key key") };
+    unsafe { PgLwLock::new(c"pg_session_auth retry keys") };
 
 /// Set in the postmaster while preloading, inherited by every backend.
 static READY: AtomicBool = AtomicBool::new(false);
@@ -25,15 +26,17 @@ static READY: AtomicBool = AtomicBool::new(false);
 /// Requests the shared memory; only while preloading.
 pub fn init() {
     pgrx::pg_shmem_init!(PURGE_WORKER_LATCH);
-    // The value is made once, in the postmaster, when shared memory is set
-    // up: every backend of this server run sees the same key, and a restart
-    // makes a new one.
-    pgrx::pg_shmem_init!(RETRY_KEY_KEY = fresh_key());
+    // Set up in the postmaster with shared memory: empty in every run of
+    // the server (a crash restart too), its ids starting at a random value.
+    pgrx::pg_shmem_init!(RETRY_KEYS = KeyRing::starting_at(first_key_id()));
     READY.store(true, Ordering::Relaxed);
 }
 
-fn fresh_key() -> [u8; 32] {
-    crate::token::random_bytes().expect("the OS random source is readable at server start")
+fn first_key_id() -> i64 {
+    let bytes = crate::token::random_bytes::<8>()
+        .expect("the OS random source is readable at server start");
+    // Positive and far from wrapping.
+    i64::from_be_bytes(bytes) & (i64::MAX >> 1)
 }
 
 pub fn purge_worker_latch() -> Option<&'static AtomicUsize> {
@@ -42,9 +45,7 @@ pub fn purge_worker_latch() -> Option<&'static AtomicUsize> {
         .then(|| PURGE_WORKER_LATCH.get())
 }
 
-/// The retry-key key, if the library is preloaded.
-pub fn retry_key_key() -> Option<[u8; 32]> {
-    READY
-        .load(Ordering::Relaxed)
-        .then(|| *RETRY_KEY_KEY.share())
+/// The retry-key ring, if the library is preloaded.
+pub fn retry_keys() -> Option<&'static PgLwLock<KeyRing>> {
+    READY.load(Ordering::Relaxed).then_some(&RETRY_KEYS)
 }

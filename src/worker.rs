@@ -35,7 +35,7 @@ use crate::extension;
 use crate::gucs;
 use crate::pending;
 use crate::purge::{self, Removed};
-use crate::retry_pair;
+use crate::retry_keys;
 use crate::vacuum;
 
 pub const NAME: &str = "pg_session_auth purge";
@@ -68,9 +68,12 @@ pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
     log!("{NAME}: serving database \"{database}\"");
     if let Err(e) = bgworker::pin_session_settings() {
         // Without its settings the worker could be fooled (search_path) or
-        // stalled (read-only defaults): stop, and let the postmaster retry.
+        // stalled (read-only defaults): stop, and let the postmaster start
+        // it again in 5 s (a worker that returns, exit code 0, is never
+        // restarted).
         log!("{NAME}: could not set up its session, stopping: {e}");
-        return;
+        // SAFETY: ends this process the way PostgreSQL's own code does.
+        unsafe { pg_sys::proc_exit(1) };
     }
     // The worker's own VACUUMs yield like autovacuum's (see `vacuum`).
     if let Err(e) = in_transaction(|| Spi::run("SET vacuum_cost_delay = '2ms'")) {
@@ -81,6 +84,9 @@ pub extern "C-unwind" fn pg_session_auth_purge_main(_arg: pg_sys::Datum) {
     let mut state = State::new();
     loop {
         let now = Instant::now();
+        // The key ring is the whole server's: swept whatever the state of
+        // this database.
+        retry_keys::sweep_ring();
         if state.extension_ready(&database) {
             tick();
             if now >= state.last_pass + interval() {
@@ -110,6 +116,9 @@ struct State {
     vacuum_paused_until: Option<Instant>,
     /// Backstop workers started for other databases, by database.
     backstops: HashMap<pg_sys::Oid, DynamicBackgroundWorker>,
+    /// Where the backstops' handles are allocated: reset whenever none is
+    /// left, so a long run of launches does not grow the worker.
+    handles: pg_sys::MemoryContext,
     /// Per database whose records outlived a backstop (a caller still holds
     /// the rows): when to try again, the current delay, and how many
     /// records there were.
@@ -127,6 +136,7 @@ impl State {
             waiting_logged: false,
             vacuum_paused_until: None,
             backstops: HashMap::new(),
+            handles: std::ptr::null_mut(),
             backoff: HashMap::new(),
             slot_shortage_logged: None,
         }
@@ -166,6 +176,7 @@ impl State {
     /// Between two batches of a pass: what the tick does, so that a long
     /// pass delays no pending revocation by more than a batch.
     fn between_batches(&mut self) {
+        retry_keys::sweep_ring();
         backstop::apply_pending();
         self.supervise_other_databases();
     }
@@ -213,6 +224,10 @@ impl State {
                 self.back_off(database, count);
             }
         }
+        if self.backstops.is_empty() && !self.handles.is_null() {
+            // SAFETY: no handle allocated in it is left.
+            unsafe { pg_sys::MemoryContextReset(self.handles) };
+        }
         self.backoff.retain(|db, _| waiting.contains_key(db));
         for (database, count) in waiting {
             let due = self
@@ -225,12 +240,33 @@ impl State {
             if !database_accepts_workers(database) {
                 continue;
             }
-            match backstop::launch(database) {
+            match self.launch(database) {
                 Some(handle) => {
                     self.backstops.insert(database, handle);
                 }
                 None => self.log_slot_shortage(database, count),
             }
+        }
+    }
+
+    /// Starts a backstop for `database`, its handle in `handles`.
+    fn launch(&mut self, database: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
+        // SAFETY: a child of TopMemoryContext, made once and kept; current
+        // only for the launch.
+        unsafe {
+            if self.handles.is_null() {
+                self.handles = pg_sys::AllocSetContextCreateExtended(
+                    pg_sys::TopMemoryContext,
+                    c"pg_session_auth backstop handles".as_ptr(),
+                    0,
+                    pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+                    pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+                );
+            }
+            let previous = pg_sys::MemoryContextSwitchTo(self.handles);
+            let handle = backstop::launch(database);
+            pg_sys::MemoryContextSwitchTo(previous);
+            handle
         }
     }
 
@@ -297,11 +333,13 @@ fn interval() -> Duration {
     Duration::from_millis(u64::try_from(gucs::PURGE_INTERVAL.get()).unwrap_or(60_000))
 }
 
-/// Erases expired retry keys and applies this database's pending reuse
-/// revocations.
+/// Erases expired retry key rows (left from a run without preloading) and
+/// applies this database's pending reuse revocations. Nothing waits long on
+/// a DBA's lock.
 fn tick() {
     if let Err(e) = in_transaction(|| {
-        Spi::connect_mut(|client| retry_pair::erase_expired_now(client, statement_now()))
+        Spi::run("SET LOCAL lock_timeout = '1s'").ok();
+        Spi::connect_mut(|client| retry_keys::erase_expired_now(client, statement_now()))
     }) {
         log!("{NAME}: erasing retry keys: {e}");
     }
@@ -351,6 +389,7 @@ fn run_pass(state: &mut State) {
         state.between_batches();
     }
     let _ = in_transaction(|| {
+        Spi::run("SET LOCAL lock_timeout = '1s'").ok();
         Spi::connect_mut(|client| purge::record(client, "worker", removed, batches, started))
     });
     if removed.total() > 0 {

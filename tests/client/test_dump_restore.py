@@ -141,7 +141,7 @@ def world(cluster):
 
     dst = cluster.connect(dbname=RESTORED)
     w["after"] = snapshot(dst)  # before any test touches the restored copy
-    w["src"], w["admin"] = src, admin
+    w["src"], w["admin"], w["cluster"] = src, admin, cluster
     yield w
 
 
@@ -172,13 +172,19 @@ def test_live_session_validates_and_rotates(world, dst):
 
     # Rule 6: the superseded access token still validates within the grace.
     assert status_of(dst, "session_validate", alice["at0"]) == "ok"
-    # Rule 2 does not survive a dump: the retry keys are never dumped (a dump
-    # that held them would let a holder of the superseded token rebuild the
-    # current pair for as long as the dump exists; docs/security.md). The
-    # parent inside its grace answers 'expired', revokes nothing, and the
-    # current pair goes on working.
+    # Rule 2 and the dump: the retry keys are never dumped (a dump that held
+    # them would let a holder of the superseded token rebuild the current
+    # pair for as long as the dump exists; docs/security.md). The key lives
+    # in the server's shared memory, so restored into the same running
+    # server the parent inside its grace still gets the very same pair;
+    # restored anywhere else, or after a restart, it answers 'expired'
+    # (tests/security/test_database_reader.py).
+    toc = pg_tool(world["cluster"], "pg_restore", "-l", stdin=world["dump"]).decode()
+    assert "TABLE DATA session_auth sessions" in toc, "the listing shows the tables' data"
+    assert "retry_keys" not in toc, "never the key table's rows"
     retry = sa.refresh(dst, alice["rt0"])
-    assert retry["status"] == "expired", retry["status"]
+    assert retry["status"] == "ok", retry["status"]
+    assert sa.pair(retry) == (alice["at1"], alice["rt1"]), "the very same pair"
     assert status_of(dst, "session_validate", alice["at1"]) == "ok"
 
     # Rule 1: the current refresh token rotates.

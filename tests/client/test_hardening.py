@@ -62,14 +62,18 @@ def test_a_non_utf8_database_is_refused_with_a_clear_error(connect):
         db.execute("DROP DATABASE latin1_db WITH (FORCE)")
 
 
-def test_retry_keys_do_not_outlive_the_grace(connect):
-    """The key a rotation derived its pair with is erased a few seconds after
-    the last grace window it covers (src/retry_pair.rs: 1 s of key life + the
-    grace + 2 s of margin), by session_purge() here; until then it stays, so
-    a retry that waited on the rotating transaction still gets its pair. (The
-    attack it prevents, a reader with a superseded token rebuilding the
-    pair, is tests/security/test_database_reader.py.)"""
-    db = connect()
+def test_retry_key_rows_do_not_outlive_the_grace_without_preloading(own_cluster):
+    """Without preloading, the key a rotation derived its pair with is a row,
+    erased a few seconds after the last grace window it covers
+    (src/retry_keys.rs: 1 s of key life + the grace + 2 s of margin), by
+    session_purge() here; until then it stays, so a retry that waited on the
+    rotating transaction still gets its pair. (Preloaded, keys are in shared
+    memory: src/key_ring.rs's unit tests. The attack both prevent, a reader
+    with a superseded token rebuilding the pair, is
+    tests/security/test_database_reader.py.)"""
+    c = own_cluster("shared_preload_libraries = ''")
+    db = c.connect()
+    db.execute("CREATE EXTENSION pg_session_auth")
     db.execute("SET session_auth.refresh_grace = '200ms'")
     s = sa.issue(db, "keyed")
     first = sa.refresh(db, s["refresh_token"])

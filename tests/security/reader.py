@@ -156,3 +156,40 @@ def rebuilt_pairs(db, extra_secrets=(), session_ids=None) -> list:
                 if hit:
                     break
     return found
+
+
+def shared_memory_of(db, name):
+    """The bytes of the shared-memory allocation `name`, read the way a role
+    that may read server files (a superuser, pg_read_server_files) can:
+    pg_read_binary_file on /proc/self/mem, at the address the allocation has
+    in every backend (the main segment's mapping plus its offset)."""
+    alloc = db.execute("SELECT off, size FROM pg_get_shmem_allocations() WHERE name = %s",
+                       [name]).fetchone()
+    assert alloc, f"no shared memory allocation named {name!r}"
+    maps = db.execute("SELECT pg_read_file('/proc/self/maps') AS m").fetchone()["m"]
+    # The main segment: PostgreSQL's shared anonymous mapping (rw-s), the
+    # largest shared mapping of the process.
+    shared = []
+    for line in maps.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1] == "rw-s":
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            shared.append((end - start, start))
+    assert shared, "no shared mapping in /proc/self/maps"
+    _, base = max(shared)
+    return bytes(db.execute("SELECT pg_read_binary_file('/proc/self/mem', %s, %s) AS b",
+                            [base + alloc["off"], alloc["size"]]).fetchone()["b"])
+
+
+def derives_pair(keys, parent: str, session_id: bytes, generation: int, access_token: str):
+    """The 32-byte strings among `keys` that, as the retry key, derive
+    `access_token` from `parent` (v2 construction)."""
+    info = V2_INFO + session_id + generation.to_bytes(4, "big")
+    return [k for k in keys
+            if token(ACCESS, session_id, hkdf(k, parent.encode(), info, 64)[:32]) == access_token]
+
+
+def windows(data: bytes, width=32):
+    """Every `width`-byte window of `data`, aligned to 8 bytes (where the
+    ring keeps its keys) and unaligned ones too."""
+    return {data[i:i + width] for i in range(len(data) - width + 1)}

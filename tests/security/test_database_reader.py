@@ -4,12 +4,13 @@ every stored byte rebuilds nothing once the grace window (plus the margin
 docs/security.md states) is over.
 
 Two ways the extension can run:
-* preloaded (the worker needs it): a retry key's stored seed is useless
-  without the 256-bit key the postmaster keeps in shared memory, so stored
-  bytes (rows, pages, files) rebuild nothing at all, inside the grace window
-  or after;
-* not preloaded: the seed is the salt, so the holder of a superseded token
-  who can read the database can rebuild the current pair until the key is
+* preloaded (the worker needs it): retry keys live in shared memory only,
+  so no row, page, file or dump ever holds one. A reader of the server's
+  memory (a superuser's pg_read_binary_file('/proc/self/mem')) finds the
+  live ones, which the grace window gives a token holder anyway, and none
+  once it is over: they are zeroed;
+* not preloaded: a key is a row, so the holder of a superseded token who
+  can read the database can rebuild the current pair until the key is
   erased: by the next writing call that commits or by session_purge().
 """
 
@@ -21,8 +22,9 @@ from pathlib import Path
 import pytest
 
 import sa
-from harness import Cluster, lib_sh, wait_until
-from reader import ACCESS, V2_INFO, hkdf, rebuilt_pairs, stored_byte_strings, token
+from harness import Cluster, connect_retry, lib_sh, pg_ctl, wait_until
+from reader import (ACCESS, V2_INFO, derives_pair, hkdf, rebuilt_pairs, shared_memory_of,
+                    stored_byte_strings, token, windows)
 
 # docs/security.md, "How long retry material lives".
 ERASE_MARGIN_S = 4.0
@@ -50,7 +52,7 @@ def rotated_sessions(db, n=4):
 @pytest.fixture(scope="module")
 def unpreloaded():
     """A cluster where the library is not preloaded (no worker, no shared
-    memory): retry keys' seeds are their salts."""
+    memory): retry keys are rows of session_auth.retry_keys."""
     cdir = f"/tmp/pg_session_auth_unpreloaded_{os.getpid()}"
     lib_sh("start_cluster", cdir, "shared_preload_libraries = ''", "max_connections = 30")
     c = Cluster(Path(cdir))
@@ -80,73 +82,50 @@ def test_a_reader_holding_no_token_rebuilds_no_live_pair(unpreloaded):
     assert stolen == [], f"a reader without any token rebuilt {len(stolen)} live pair(s): {stolen}"
 
 
-def test_preloaded_stored_bytes_rebuild_nothing_even_with_the_parent_inside_the_grace(connect):
-    """Preloaded, the seeds are no salts: even a holder of the parent token,
-    inside its grace window, rebuilds nothing from what is stored."""
+def test_preloaded_nothing_stored_rebuilds_a_pair_even_with_the_parent_inside_the_grace(connect):
+    """Preloaded, no key is in any table: even a holder of the parent token,
+    inside its grace window, rebuilds nothing from what is stored, while the
+    retry itself works (the key is in shared memory)."""
     db = connect()
     for table in ("sessions", "blacklist", "events"):
         db.execute(f"DELETE FROM session_auth.{table}")
     parents = rotated_sessions(db)
-    assert db.execute("SELECT count(*) AS n FROM session_auth.retry_keys").fetchone()["n"] > 0
+    retried = sa.refresh(db, parents[0])
+    assert retried["status"] == "ok", "the retry inside the grace gets its pair: a key exists"
+    assert db.execute("SELECT count(*) AS n FROM session_auth.retry_keys").fetchone()["n"] == 0
+    assert db.execute("SELECT pg_relation_size('session_auth.retry_keys') AS n").fetchone()["n"] == 0, \
+        "no page of the key table was ever written"
     assert rebuilt_pairs(db, extra_secrets=parents) == []
     assert rebuilt_pairs(db) == []
 
 
-def raw_page_windows(db):
-    """Every 32-byte window of every page of session_auth.retry_keys, as the
-    buffer holds them (deleted tuples included): what a reader of the data
-    files, pageinspect or pg_read_binary_file sees."""
-    db.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
-    pages = db.execute("SELECT pg_relation_size('session_auth.retry_keys') / 8192 AS n").fetchone()["n"]
-    windows = set()
-    for blk in range(pages):
-        page = bytes(db.execute("SELECT get_raw_page('session_auth.retry_keys', %s) AS p", [blk])
-                     .fetchone()["p"])
-        windows |= {page[i:i + 32] for i in range(len(page) - 31)}
-    return windows
+RING = "pg_session_auth retry keys"
 
 
-def test_preloaded_raw_pages_of_erased_keys_rebuild_nothing(connect):
-    """The independent review rebuilt a live pair from a deleted retry key's
-    bytes left in the table's page (and file). Preloaded, those bytes are
-    seeds, useless without the server's in-memory key."""
-    db = connect()
-    db.execute("SET session_auth.refresh_grace = '100ms'")
-    s = sa.issue(db, "reader-pages")
-    parent = s["refresh_token"]
-    current = sa.refresh(db, parent)
-    seed = bytes(db.execute("SELECT k.secret FROM session_auth.retry_keys k JOIN session_auth.sessions s "
-                            "ON k.key_id = s.retry_key_id WHERE s.session_id = %s",
-                            [s["session_id"]]).fetchone()["secret"])
-    windows = raw_page_windows(db)
-    assert seed in windows, "positive control: the page scan sees the stored seed"
-    assert wait_until(lambda: db.execute(
-        "SELECT count(*) AS n FROM session_auth.retry_keys WHERE secret = %s", [seed]).fetchone()["n"] == 0,
-        1 + ERASE_MARGIN_S + 1), "the worker erases the key row"
-    assert seed in raw_page_windows(db), "its bytes linger in the page (the review's point)"
-    sid = s["session_id"].bytes
-    info = V2_INFO + sid + (2).to_bytes(4, "big")
-    rebuilt = [w for w in raw_page_windows(db)
-               if token(ACCESS, sid, hkdf(w, parent.encode(), info, 64)[:32]) == current["access_token"]]
-    assert not rebuilt, "a raw page and the parent token rebuilt the live pair"
-
-
-def test_the_worker_erases_key_rows_soon_after_the_grace(connect):
-    """Preloaded, the rows go too, within the documented margin (what
-    matters if the server's memory itself leaks, say in a core dump)."""
+def test_a_reader_of_server_memory_finds_a_key_only_inside_its_window(connect):
+    """The review of 0.2.0 rebuilt pairs from erased keys' bytes left in the
+    key table's pages; its follow-up, from the key a preloaded server kept in
+    memory. Now a key is in shared memory only, and zeroed once its window
+    is over: a superuser reading the server's memory finds it while the
+    grace lasts (the positive control: the search works) and never after."""
     db = connect()
     db.execute("SET session_auth.refresh_grace = '1s'")
-    s = sa.issue(db, "reader-key-rows")
+    s = sa.issue(db, "reader-memory")
+    parent = s["refresh_token"]
     rotated_at = time.monotonic()
-    sa.refresh(db, s["refresh_token"])
-    key = db.execute("SELECT retry_key_id AS k FROM session_auth.sessions WHERE session_id = %s",
-                     [s["session_id"]]).fetchone()["k"]
-    assert key is not None
-    gone = wait_until(lambda: db.execute("SELECT count(*) AS n FROM session_auth.retry_keys WHERE key_id = %s",
-                                         [key]).fetchone()["n"] == 0, 1.0 + ERASE_MARGIN_S + 1.0, step=0.1)
+    current = sa.refresh(db, parent)
+    sid = s["session_id"].bytes
+
+    def found():
+        return derives_pair(windows(shared_memory_of(db, RING)), parent, sid, 2, current["access_token"])
+
+    assert found(), "positive control: inside the grace the key is in the ring"
+    gone = wait_until(lambda: not found(), 1.0 + ERASE_MARGIN_S + 2.0, step=0.2)
     took = time.monotonic() - rotated_at
-    print(f"\n    the key row of a rotation with a 1 s grace erased {took:.1f} s after it")
-    assert gone and took <= 1.0 + ERASE_MARGIN_S + 1.0, took
+    print(f"\n    the key of a rotation with a 1 s grace zeroed {took:.1f} s after it")
+    assert gone, "the key's bytes are still in shared memory"
+    assert took <= 1.0 + ERASE_MARGIN_S + 1.5, took
+    assert sa.refresh(db, current["refresh_token"])["status"] == "ok", "the session lives on"
 
 
 @pytest.mark.parametrize("closer", ["session_purge()", "the next call that touches the session",
@@ -190,3 +169,24 @@ def derives(db, parent, pair, session_id):
     return any(token(ACCESS, sid, hkdf(k, parent.encode(), info, 64)[:32]) == pair["access_token"]
                for k in keys)
 
+
+
+def test_a_restart_ends_the_retries_of_the_rotations_before_it(own_cluster):
+    """Preloaded, the keys are in the server's memory only: after a restart
+    a retry inside its grace window answers `expired` (no key), revokes
+    nothing, and the current pair goes on working. What the README and
+    docs/security.md say."""
+    c = own_cluster()
+    db = c.connect()
+    db.execute("CREATE EXTENSION pg_session_auth")
+    db.execute("SET session_auth.refresh_grace = '1h'")
+    s = sa.issue(db, "reader-restart")
+    current = sa.refresh(db, s["refresh_token"])
+    assert sa.pair(sa.refresh(db, s["refresh_token"])) == sa.pair(current), "before: the retry works"
+    db.close()
+    pg_ctl(c, "restart", "-m", "fast")
+    db = connect_retry(c)
+    db.execute("SET session_auth.refresh_grace = '1h'")
+    assert sa.refresh(db, s["refresh_token"])["status"] == "expired"
+    assert sa.validate(db, current["access_token"])["status"] == "ok"
+    assert sa.refresh(db, current["refresh_token"])["status"] == "ok"

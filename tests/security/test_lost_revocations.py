@@ -42,6 +42,17 @@ def replay(conn, token):
     return conn.execute("SELECT status FROM session_refresh(%s)", [token]).fetchone()["status"]
 
 
+def detect_and_roll_back(c, dbname, stolen):
+    """Replays every stolen parent in one transaction of a new connection,
+    then rolls it back: the detections must be applied outside it."""
+    app = c.connect(dbname=dbname, autocommit=False)
+    app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
+    for _, token in stolen:
+        assert replay(app, token) == "reuse_detected"
+    app.rollback()
+    return app
+
+
 def outcome(db, ids):
     """{session_id: (revoked, reuse events)}"""
     rows = db.execute(
@@ -183,12 +194,7 @@ def test_no_free_worker_slot_loses_nothing(own_cluster):
         kept = {}
         for dbname, conn in (("postgres", admin), ("other", other)):
             stolen = stolen_sessions(conn, 15, f"lost-slots-{dbname}")
-            app = c.connect(dbname=dbname, autocommit=False)
-            app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
-            for _, token in stolen:
-                assert replay(app, token) == "reuse_detected"
-            app.rollback()
-            app.close()
+            detect_and_roll_back(c, dbname, stolen).close()
             kept[dbname] = (conn, [i for i, _ in stolen])
         # In the worker's own database, no slot is needed: revoked at once.
         ok, missing, got = all_revoked_once(admin, kept["postgres"][1], timeout=5)
@@ -320,11 +326,7 @@ def test_a_purge_backlog_does_not_hold_up_a_revocation(own_cluster):
     assert wait_until(lambda: backlog_left(db) < 400_000, 20), "the pass started"
     for dbname, conn in (("postgres", db), ("other", other)):
         stolen = stolen_sessions(conn, 3, f"backlog-{dbname}")
-        app = c.connect(dbname=dbname, autocommit=False)
-        app.execute(f"SET session_auth.refresh_grace = '{GRACE}'")
-        for _, token in stolen:
-            assert replay(app, token) == "reuse_detected"
-        app.rollback()
+        detect_and_roll_back(c, dbname, stolen)
         ok, missing, got = all_revoked_once(conn, [i for i, _ in stolen], timeout=30)
         assert ok, f"{dbname}: lost {missing}: {got}"
         left = backlog_left(db)

@@ -1,7 +1,9 @@
 """Attacks through what PostgreSQL shares with every role that can connect
 (issue 12 §4, §5): advisory locks and NOTIFY channels. A role with nothing
 but CONNECT must not be able to stall logins, and must not be able to pass
-a forged event off as a real one."""
+a forged event off as a real one. (That the private lock still serialises
+racing logins under a cap is tests/client/test_theft.py's
+test_racing_logins_under_a_cap_leave_exactly_the_cap.)"""
 
 import json
 import os
@@ -42,31 +44,6 @@ def test_a_connect_only_role_cannot_stall_logins_under_a_session_cap(connect, co
         pytest.fail("session_issue waited on a lock a CONNECT-only role holds")
     assert time.monotonic() - started < 5
     assert len(sa.list_sessions(app, "alice@stall")) == 1
-
-
-def test_capped_logins_still_serialise_each_other(connect):
-    """The lock that replaces the advisory one still does its job: eight
-    racing logins under a cap of 1 leave exactly one session."""
-    conns = [connect() for _ in range(8)]
-    for c in conns:
-        c.execute("SET session_auth.max_sessions_per_user = 1")
-    barrier = threading.Barrier(len(conns))
-    errors = []
-
-    def login(c):
-        barrier.wait()
-        try:
-            sa.issue(c, "racer@cap")
-        except psycopg.Error as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=login, args=(c,)) for c in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert len(sa.list_sessions(conns[0], "racer@cap")) == 1
 
 
 def test_a_forged_notify_cannot_be_confirmed_and_a_real_one_can(connect, connect_only):
