@@ -27,18 +27,39 @@ ensure_chroot() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     }
     say "making a Debian trixie chroot in $CHROOT (about a minute, once)"
-    as_root rm -rf "$CHROOT"
+    remove_chroot
     as_root debootstrap --variant=minbase trixie "$CHROOT" "$CHROOT_MIRROR" >/dev/null
     # Packages must not start services inside the chroot.
     printf '#!/bin/sh\nexit 101\n' | as_root tee "$CHROOT/usr/sbin/policy-rc.d" >/dev/null
     as_root chmod +x "$CHROOT/usr/sbin/policy-rc.d"
-    chroot_mounts
-    chroot_network
-    as_root chroot "$CHROOT" apt-get update -qq
-    as_root chroot "$CHROOT" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "${CHROOT_PACKAGES[@]}" >/dev/null
+    local status=0
+    {
+        chroot_mounts &&
+            chroot_network &&
+            as_root chroot "$CHROOT" apt-get update -qq &&
+            as_root chroot "$CHROOT" env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq --no-install-recommends "${CHROOT_PACKAGES[@]}" >/dev/null
+    } || status=$?
+    # Whatever happened: the host's /dev, /proc, repository and cargo home
+    # must not stay bound inside a half-made chroot.
     chroot_unmount
+    [ "$status" = 0 ] || die "could not set up the chroot in $CHROOT (exit $status)"
     as_root touch "$CHROOT/.pg_session_auth-ready"
+}
+
+# Deletes the chroot, never through a mount: a bound /dev, repository or
+# cargo home left by an interrupted run would otherwise be deleted with it.
+remove_chroot() {
+    [ -e "$CHROOT" ] || return 0
+    chroot_unmount
+    local m
+    while read -r m; do
+        as_root umount -l "$m" || true
+    done < <(findmnt -rn -o TARGET | grep -F "$CHROOT/" | sort -r)
+    if findmnt -rn -o TARGET | grep -qF "$CHROOT/"; then
+        die "$CHROOT still has something mounted inside; not deleting it"
+    fi
+    as_root rm -rf --one-file-system "$CHROOT"
 }
 
 # What the chroot sees of the host, at the same paths: kernel filesystems,
