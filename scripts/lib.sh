@@ -95,7 +95,7 @@ pgrx_init() {
     local args=("--pg$PG_MAJOR" "$PG_CONFIG") stale=0
     for m in "${SUPPORTED_MAJORS[@]}"; do
         [ "$m" = "$PG_MAJOR" ] && continue
-        path=$(sed -n "s/^pg$m = \"\(.*\)\"$/\1/p" "$config" 2>/dev/null)
+        path=$(sed -n "s/^pg$m = \"\(.*\)\"$/\1/p" "$config" 2>/dev/null || true)
         [ -n "$path" ] || continue
         if [ -x "$path" ]; then args+=("--pg$m" "$path"); else stale=1; fi
     done
