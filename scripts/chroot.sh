@@ -14,8 +14,12 @@
 
 CHROOT=${PG_SESSION_AUTH_CHROOT:-/srv/pg_session_auth-trixie}
 CHROOT_MIRROR=${PG_SESSION_AUTH_CHROOT_MIRROR:-http://deb.debian.org/debian}
+# Debian's Rust toolchain too: the host's is used when it is rustup's (its
+# home is bound in, and comes first on the PATH), but a host toolchain from
+# Debian's packages links the host's libraries and cannot run in here.
 CHROOT_PACKAGES=(postgresql-17 postgresql-server-dev-17 libclang-dev clang
-                 pkg-config sudo python3 python3-venv ca-certificates gcc make procps)
+                 pkg-config sudo python3 python3-venv ca-certificates gcc make procps
+                 rustc-web cargo-web rust-web-clippy rustfmt-web)
 
 ensure_chroot() {
     if [ -f "$CHROOT/.pg_session_auth-ready" ]; then
@@ -102,6 +106,8 @@ chroot_network() {
 
 in_chroot() {
     ensure_chroot
+    # An interrupted run must not leave the host's directories bound inside.
+    [ "${CHROOT_KEEP_MOUNTS:-0}" = 1 ] || trap chroot_unmount EXIT
     chroot_mounts
     chroot_network
     local status=0

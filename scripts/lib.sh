@@ -73,7 +73,7 @@ ensure_toolchain() {
         as_root apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    command -v cargo >/dev/null || die "cargo is needed (rustup.rs)"
+    ensure_rust
     if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
         say "installing cargo-pgrx $PGRX_VERSION (about 4 minutes, once)"
         cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
@@ -85,6 +85,19 @@ ensure_toolchain() {
     fi
     [ -x "$PG_CONFIG" ] || die "no pg_config at $PG_CONFIG"
     pgrx_init
+}
+
+# A Rust toolchain: the one on the PATH (rustup's, usually), or else
+# Debian's rustc-web, cargo-web, clippy and rustfmt, which bookworm (security
+# updates) and trixie both carry at a version recent enough for pgrx, from
+# the Debian mirror that every machine of the project reaches.
+RUST_WEB_PACKAGES=(rustc-web cargo-web rust-web-clippy rustfmt-web)
+ensure_rust() {
+    command -v cargo >/dev/null && cargo clippy --version >/dev/null 2>&1 && return
+    say "no Rust toolchain on the PATH: installing Debian's ${RUST_WEB_PACKAGES[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${RUST_WEB_PACKAGES[@]}" >/dev/null
+    command -v cargo >/dev/null || die "no cargo after installing ${RUST_WEB_PACKAGES[*]}"
 }
 
 # Points cargo-pgrx at this major's pg_config, keeping the other majors that
