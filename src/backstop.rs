@@ -340,8 +340,10 @@ fn try_revoke(d: &Detection) -> Outcome {
                 };
                 // Revoked now, not back-dated to the detection: rotations
                 // may have happened since, and the record says when each
-                // thing happened.
-                if revocation::revoke_for_reuse(client, &reuse, crate::clock::statement_now()) {
+                // thing happened. "Now" is once the tables are locked, so a
+                // wait on a DBA's lock does not date it before it took effect.
+                store::run(client, &store::LOCK_REVOCATION_TABLES, &[], |_| ());
+                if revocation::revoke_for_reuse(client, &reuse, crate::clock::wall_now()) {
                     Outcome::Revoked
                 } else {
                     Outcome::AlreadyDone

@@ -20,6 +20,13 @@ pub fn statement_now() -> Micros {
     unsafe { pg_sys::GetCurrentStatementStartTimestamp() }
 }
 
+/// The wall clock now (`clock_timestamp()`), for a time that must follow
+/// something the statement waited for.
+pub fn wall_now() -> Micros {
+    // SAFETY: reads the system clock; no shared state.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
 /// A time as ISO 8601 text (in the server's time zone), for event details.
 pub fn iso8601(t: Micros) -> String {
     use pgrx::datum::datetime_support::ToIsoString;

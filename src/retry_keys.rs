@@ -58,9 +58,7 @@ pub fn sweep_ring() -> usize {
     let Some(ring) = crate::shmem::retry_keys() else {
         return 0;
     };
-    // SAFETY: reads the clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    ring.exclusive().sweep(now)
+    ring.exclusive().sweep(crate::clock::wall_now())
 }
 
 // ---------------------------------------------------------------------------

@@ -530,6 +530,17 @@ pub static LOCK_SESSION_NOWAIT: Stmt = Stmt {
     writes: true,
 };
 
+/// Takes, before a backstop revocation is dated, the locks its statement
+/// needs on every table it writes: the date is then when it took effect,
+/// not when a DBA's lock (or `lock_timeout`) let it through.
+pub static LOCK_REVOCATION_TABLES: Stmt = Stmt {
+    name: "lock_revocation_tables",
+    sql: "LOCK TABLE session_auth.sessions, session_auth.blacklist, session_auth.events \
+          IN ROW EXCLUSIVE MODE",
+    args: &[],
+    writes: true,
+};
+
 pub static SESSION_EXISTS: Stmt = Stmt {
     name: "session_exists",
     sql: "SELECT EXISTS (SELECT FROM session_auth.sessions WHERE session_id = $1)",

@@ -444,6 +444,17 @@ def test_a_table_lock_and_cancels_delay_a_revocation_but_lose_nothing(own_cluste
         "SELECT count(*) AS n FROM pg_stat_activity WHERE backend_type LIKE 'pg_session_auth%%' "
         "AND wait_event_type = 'Lock' AND now() - state_change > interval '1.5 s'").fetchone()["n"]
     assert lock_waits == 0, "nothing of the extension waits longer than its lock_timeout"
+
+    # Release while a backstop attempt waits on the lock: an attempt that
+    # began before the release must not date the revocation before it (seen
+    # on PostgreSQL 17, where the transaction's start time was used).
+    def extension_waits():
+        db.execute("SELECT pg_stat_clear_snapshot()")
+        return db.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE backend_type LIKE 'pg_session_auth%%' "
+            "AND wait_event_type = 'Lock'").fetchone()["n"] > 0
+
+    assert wait_until(extension_waits, 10, step=0.02), "an attempt of the extension is waiting"
     released = db.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
     dba.rollback()
     ok, missing, got = all_revoked_once(db, [victim], timeout=15)
