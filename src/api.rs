@@ -17,10 +17,11 @@ use pgrx::Uuid;
 
 use crate::jsonb::RawJsonb;
 
+use crate::clock::to_timestamptz;
 use crate::error;
 use crate::ids::SessionId;
-use crate::session::{self, Pair, Status};
-use crate::store::to_timestamptz;
+use crate::lineage::Status;
+use crate::session::{self, Pair};
 
 type PairRow = (Uuid, String, Tstz, String, Tstz);
 

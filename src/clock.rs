@@ -9,28 +9,36 @@
 //! of the two, so a DBA who tightens a timeout tightens it for existing
 //! sessions at once, while loosening it never extends a stored deadline.
 
-use pgrx::pg_sys;
+use pgrx::datum::datetime_support;
+use pgrx::datum::TimestampWithTimeZone;
 
 pub type Micros = i64;
+
+/// One second.
+pub const SECOND: Micros = datetime_support::USECS_PER_SEC;
 
 /// The start of the current top-level statement (`statement_timestamp()`),
 /// so a long transaction cannot stretch a deadline.
 pub fn statement_now() -> Micros {
-    // SAFETY: reads a backend-local variable set for every statement.
-    unsafe { pg_sys::GetCurrentStatementStartTimestamp() }
+    datetime_support::statement_timestamp().into_inner()
 }
 
 /// The wall clock now (`clock_timestamp()`), for a time that must follow
 /// something the statement waited for.
 pub fn wall_now() -> Micros {
-    // SAFETY: reads the system clock; no shared state.
-    unsafe { pg_sys::GetCurrentTimestamp() }
+    datetime_support::clock_timestamp().into_inner()
+}
+
+/// A time as the SQL value a function returns.
+pub fn to_timestamptz(us: Micros) -> TimestampWithTimeZone {
+    TimestampWithTimeZone::try_from(us)
+        .unwrap_or_else(|e| crate::error::internal("timestamp out of range", e))
 }
 
 /// A time as ISO 8601 text (in the server's time zone), for event details.
 pub fn iso8601(t: Micros) -> String {
     use pgrx::datum::datetime_support::ToIsoString;
-    crate::store::to_timestamptz(t).to_iso_string()
+    to_timestamptz(t).to_iso_string()
 }
 
 /// The settings that bound a session's life, in microseconds.
@@ -122,14 +130,14 @@ impl NewPair {
 mod unit_tests {
     use super::*;
 
-    const MIN: Micros = 60_000_000;
+    const MIN: Micros = 60 * SECOND;
 
     fn policy() -> Policy {
         Policy {
             access_ttl: 15 * MIN,
             idle_timeout: 30 * MIN,
             absolute_timeout: 12 * 60 * MIN,
-            refresh_grace: 10_000_000,
+            refresh_grace: 10 * SECOND,
         }
     }
 

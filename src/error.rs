@@ -84,7 +84,6 @@ pub fn bad_argument(name: &str, why: &str) -> ! {
 /// `55000`: one of the extension's objects is not what the extension made
 /// (changed by hand, outside `ALTER EXTENSION`). Names the object.
 pub fn changed_outside_extension(object: &str, what: &str) -> ! {
-    crate::extension::require_current_sql();
     raise(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         &format!("pg_session_auth: {object} was changed outside ALTER EXTENSION: {what}"),

@@ -41,7 +41,9 @@ pub fn worker_database() -> String {
         .into_owned()
 }
 
-const USEC_PER_SEC: i64 = 1_000_000;
+// Not `clock::SECOND`: the clock reads these settings, not the other way.
+use pgrx::datum::datetime_support::USECS_PER_SEC as USEC_PER_SEC;
+const USEC_PER_MS: i64 = USEC_PER_SEC / 1_000;
 
 pub fn access_ttl_us() -> i64 {
     i64::from(ACCESS_TTL.get()) * USEC_PER_SEC
@@ -56,7 +58,11 @@ pub fn absolute_timeout_us() -> i64 {
 }
 
 pub fn refresh_grace_us() -> i64 {
-    i64::from(REFRESH_GRACE.get()) * 1_000
+    i64::from(REFRESH_GRACE.get()) * USEC_PER_MS
+}
+
+pub fn event_retention_us() -> i64 {
+    i64::from(EVENT_RETENTION.get()) * USEC_PER_SEC
 }
 
 /// Registers every setting. Called from `_PG_init` in every backend, so the

@@ -139,7 +139,7 @@ fn slot_index(id: i64) -> usize {
 mod unit_tests {
     use super::*;
 
-    const S: Micros = 1_000_000;
+    const S: Micros = crate::clock::SECOND;
 
     fn ring() -> Box<KeyRing> {
         Box::new(KeyRing::starting_at(7))

@@ -4,7 +4,8 @@
 //!
 //! * `api`: the SQL functions, thin over `session`.
 //! * `session`: the lifecycle: issue, validate, refresh, revoke, list,
-//!   set data, re-authenticate.
+//!   set data, re-authenticate, reading and writing around `lineage`, the
+//!   pure rules: which token was presented and what each call answers.
 //! * `token`: the token format, parsing, digests. `ids`: session ids.
 //! * `retry_pair`: how a retry inside the grace gets the same pair (HKDF).
 //!   `retry_keys`: the short-lived keys that allows, and where they live
@@ -13,12 +14,15 @@
 //! * `backstop` and `pending`: making a reuse revocation stick when the
 //!   detecting transaction does not commit.
 //! * `clock`: statement time, effective deadlines. `gucs`: settings.
+//! * `session_row`: the session row's columns, defined once.
 //! * `store`: every SQL statement. `probe`: validate's direct index probes.
 //! * `jsonb`: session data as stored. `error`: argument checks, SQLSTATEs.
 //!   `extension`: the SQL objects' version against the library's.
 //! * `purge`, `worker`, `vacuum`: removing what has expired.
 //! * `bgworker`: what both workers share. `compat`: differences between
 //!   PostgreSQL majors. `shmem`: what lives in shared memory.
+//! * `tests`: the in-server tests (`cargo pgrx test`). `layout`: the tests
+//!   that hold this map and the module graph (no cycles) to the code.
 
 use pgrx::prelude::*;
 
@@ -33,6 +37,7 @@ mod gucs;
 mod ids;
 mod jsonb;
 mod key_ring;
+mod lineage;
 mod pending;
 mod probe;
 mod purge;
@@ -40,12 +45,15 @@ mod retry_keys;
 mod retry_pair;
 mod revocation;
 mod session;
+mod session_row;
 mod shmem;
 mod store;
 mod token;
 mod vacuum;
 mod worker;
 
+#[cfg(test)]
+mod layout;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 

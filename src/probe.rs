@@ -34,49 +34,33 @@ use pgrx::{FromDatum, IntoDatum};
 use crate::error;
 use crate::ids::SessionId;
 use crate::jsonb::RawJsonb;
-use crate::store::{Blacklisted, SessionRow};
+use crate::session_row::{self, Column, RowValues, SessionRow, COLUMN_COUNT};
+use crate::store::Blacklisted;
 
 const SCHEMA: &CStr = c"session_auth";
 
-/// A column a probe reads, and the type it must have.
-pub struct Column {
-    pub name: &'static CStr,
-    pub type_oid: Oid,
+/// Raises the error for a table that is not as the extension made it; but
+/// first the clearer one if this database still has the SQL objects of
+/// another version (an update the DBA has not run yet explains it).
+fn layout_changed(object: &str, what: &str) -> ! {
+    crate::extension::require_current_sql();
+    error::changed_outside_extension(object, what)
 }
 
 const fn col(name: &'static CStr, type_oid: Oid) -> Column {
-    Column { name, type_oid }
+    Column::named(name, type_oid)
 }
 
-/// Columns of `SessionRow`, in the order `read_row` expects (the same order
-/// as `store::session_columns!`, which a test checks), then `data`. The
-/// first is the key the primary-key index must be on.
-pub const SESSION_COLUMNS: [Column; ROW_COLUMNS + 1] = [
-    col(c"session_id", pg_sys::UUIDOID),
-    col(c"user_id", pg_sys::TEXTOID),
-    col(c"auth_level", pg_sys::INT4OID),
-    col(c"created_at", pg_sys::TIMESTAMPTZOID),
-    col(c"authenticated_at", pg_sys::TIMESTAMPTZOID),
-    col(c"last_refreshed_at", pg_sys::TIMESTAMPTZOID),
-    col(c"generation", pg_sys::INT4OID),
-    col(c"access_digest", pg_sys::BYTEAOID),
-    col(c"access_issued_at", pg_sys::TIMESTAMPTZOID),
-    col(c"access_expires_at", pg_sys::TIMESTAMPTZOID),
-    col(c"refresh_digest", pg_sys::BYTEAOID),
-    col(c"refresh_expires_at", pg_sys::TIMESTAMPTZOID),
-    col(c"absolute_expires_at", pg_sys::TIMESTAMPTZOID),
-    col(c"parent_access_digest", pg_sys::BYTEAOID),
-    col(c"parent_access_expires_at", pg_sys::TIMESTAMPTZOID),
-    col(c"parent_refresh_digest", pg_sys::BYTEAOID),
-    col(c"rotated_at", pg_sys::TIMESTAMPTZOID),
-    col(c"grace_until", pg_sys::TIMESTAMPTZOID),
-    col(c"retry_key_id", pg_sys::INT8OID),
-    col(c"revoked_at", pg_sys::TIMESTAMPTZOID),
-    col(c"parent_refresh_expires_at", pg_sys::TIMESTAMPTZOID),
-    col(c"data", pg_sys::JSONBOID),
-];
-
-const ROW_COLUMNS: usize = crate::store::SESSION_COLUMNS;
+/// The columns of a `SessionRow` (`session_row::COLUMNS`), then `data`.
+const SESSION_COLUMNS: [Column; COLUMN_COUNT + 1] = {
+    let mut columns = [col(c"data", pg_sys::JSONBOID); COLUMN_COUNT + 1];
+    let mut i = 0;
+    while i < COLUMN_COUNT {
+        columns[i] = session_row::COLUMNS[i];
+        i += 1;
+    }
+    columns
+};
 
 /// The blacklist's key, then the columns `blacklisted` reads.
 const BLACKLIST_COLUMNS: [Column; 5] = [
@@ -120,7 +104,7 @@ const SESSIONS: Target = Target {
 const SESSIONS_WITHOUT_DATA: Target = Target {
     table: c"sessions",
     index: c"sessions_pkey",
-    columns: SESSION_COLUMNS.split_at(ROW_COLUMNS).0,
+    columns: session_row::COLUMNS,
 };
 
 const BLACKLIST: Target = Target {
@@ -146,7 +130,7 @@ pub fn forget_layouts(relid: Oid) {
 pub fn session(session_id: &SessionId) -> Option<(SessionRow, RawJsonb)> {
     probe_session(session_id, &SESSIONS, |v| {
         // SAFETY: columns in SESSION_COLUMNS order, of the verified types.
-        unsafe { (read_row(v), get::<RawJsonb>(v, ROW_COLUMNS)) }
+        unsafe { (read_row(v), get::<RawJsonb>(v, COLUMN_COUNT)) }
     })
 }
 
@@ -277,7 +261,7 @@ unsafe fn namespace() -> Oid {
     // SAFETY: a syscache lookup in a transaction.
     let namespace = unsafe { pg_sys::get_namespace_oid(SCHEMA.as_ptr(), true) };
     if namespace == pg_sys::InvalidOid {
-        error::changed_outside_extension("schema session_auth", "it does not exist");
+        layout_changed("schema session_auth", "it does not exist");
     }
     namespace
 }
@@ -319,10 +303,10 @@ unsafe fn layout(target: &Target) -> Layout {
         )
     };
     if table_oid == pg_sys::InvalidOid {
-        error::changed_outside_extension(&object, "it does not exist");
+        layout_changed(&object, "it does not exist");
     }
     if index_oid == pg_sys::InvalidOid {
-        error::changed_outside_extension(
+        layout_changed(
             &object,
             &format!("its index {} is missing", target.index.to_string_lossy()),
         );
@@ -360,7 +344,7 @@ unsafe fn verify(
         let kind = (*(*rel).rd_rel).relkind as u8;
         pg_sys::relation_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         if kind != pg_sys::RELKIND_RELATION {
-            error::changed_outside_extension(
+            layout_changed(
                 object,
                 &format!("it is a {}, not a plain table", relkind_name(kind)),
             );
@@ -370,14 +354,14 @@ unsafe fn verify(
             .map(|c| {
                 let n = pg_sys::get_attnum(table_oid, c.name.as_ptr());
                 if n <= 0 {
-                    error::changed_outside_extension(
+                    layout_changed(
                         object,
                         &format!("column {} is missing", c.name.to_string_lossy()),
                     );
                 }
                 let actual = pg_sys::get_atttype(table_oid, n);
                 if actual != c.type_oid {
-                    error::changed_outside_extension(
+                    layout_changed(
                         object,
                         &format!(
                             "column {} has another type than the extension gave it",
@@ -389,7 +373,7 @@ unsafe fn verify(
             })
             .collect();
         if pg_sys::get_rel_relkind(index_oid) as u8 != pg_sys::RELKIND_INDEX {
-            error::changed_outside_extension(
+            layout_changed(
                 object,
                 &format!("{} is not an index", index.to_string_lossy()),
             );
@@ -429,7 +413,7 @@ unsafe fn verify(
         };
         pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
         if let Some(problem) = problem {
-            error::changed_outside_extension(
+            layout_changed(
                 object,
                 &format!("its index {} {problem}", index.to_string_lossy()),
             );
@@ -484,42 +468,28 @@ unsafe fn get<T: FromDatum>(values: Values<'_>, i: usize) -> T {
         .unwrap_or_else(|| crate::error::internal("reading a row", format!("column {i} is NULL")))
 }
 
-unsafe fn get_opt<T: FromDatum>(values: Values<'_>, i: usize) -> Option<T> {
-    let (datum, isnull) = values[i];
-    T::from_datum(datum, isnull)
-}
-
 unsafe fn get_ts(values: Values<'_>, i: usize) -> i64 {
     get::<pgrx::datum::TimestampWithTimeZone>(values, i).into_inner()
 }
 
-unsafe fn get_opt_ts(values: Values<'_>, i: usize) -> Option<i64> {
-    get_opt::<pgrx::datum::TimestampWithTimeZone>(values, i).map(|t| t.into_inner())
+/// Reads a `SessionRow` from a tuple fetched with (at least) the columns
+/// `session_row::COLUMNS`, in that order.
+///
+/// # Safety
+/// The layout check must have verified each column's type.
+unsafe fn read_row(v: Values<'_>) -> SessionRow {
+    SessionRow::read_from(&Verified(v))
 }
 
-unsafe fn read_row(v: Values<'_>) -> SessionRow {
-    let id: pgrx::Uuid = get(v, 0);
-    SessionRow {
-        session_id: SessionId::from(id),
-        user_id: get(v, 1),
-        auth_level: get(v, 2),
-        created_at: get_ts(v, 3),
-        authenticated_at: get_ts(v, 4),
-        last_refreshed_at: get_ts(v, 5),
-        generation: get(v, 6),
-        access_digest: get(v, 7),
-        access_issued_at: get_ts(v, 8),
-        access_expires_at: get_ts(v, 9),
-        refresh_digest: get(v, 10),
-        refresh_expires_at: get_ts(v, 11),
-        absolute_expires_at: get_ts(v, 12),
-        parent_access_digest: get_opt(v, 13),
-        parent_access_expires_at: get_opt_ts(v, 14),
-        parent_refresh_digest: get_opt(v, 15),
-        rotated_at: get_opt_ts(v, 16),
-        grace_until: get_opt_ts(v, 17),
-        retry_key_id: get_opt(v, 18),
-        revoked_at: get_opt_ts(v, 19),
-        parent_refresh_expires_at: get_opt_ts(v, 20),
+/// Values of the types `session_row::COLUMNS` names, as the layout check
+/// verified them; made only in `read_row`, whose caller vouches for that.
+struct Verified<'a>(Values<'a>);
+
+impl RowValues for Verified<'_> {
+    fn value<T: FromDatum + IntoDatum>(&self, i: usize) -> Option<T> {
+        let (datum, isnull) = self.0[i];
+        // SAFETY: column i has the type the session row reads it as (see
+        // `Verified`).
+        unsafe { T::from_datum(datum, isnull) }
     }
 }

@@ -63,7 +63,7 @@ pub fn batch_size() -> i32 {
 
 /// One batch of each kind, at `now`.
 pub fn batch(client: &mut SpiClient<'_>, now: Micros, batch_size: i32) -> Removed {
-    let retention = i64::from(gucs::EVENT_RETENTION.get()) * 1_000_000;
+    let retention = gucs::event_retention_us();
     let expired = |client: &mut SpiClient<'_>, stmt, cutoff| {
         store::affected(client, stmt, &[store::ts(cutoff), batch_size.into()])
     };

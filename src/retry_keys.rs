@@ -27,22 +27,22 @@ use std::cell::{Cell, RefCell};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::clock::Micros;
+use crate::clock::{Micros, SECOND};
 use crate::error::fresh;
 use crate::store;
 use crate::token::{self, Secret};
 
 /// How long one key serves new rotations.
-pub const KEY_LIFETIME: Micros = 1_000_000;
+pub const KEY_LIFETIME: Micros = SECOND;
 
 /// How long a key outlives the last grace window it covers: a retry judged
 /// inside its grace by its statement's time may still have to wait for the
 /// rotating transaction to commit before it reads the key.
-pub const ERASE_MARGIN: Micros = 2_000_000;
+pub const ERASE_MARGIN: Micros = 2 * SECOND;
 
 /// How often one backend's writing calls erase expired key rows at most
 /// (without preloading).
-const ERASE_EVERY: Micros = 1_000_000;
+const ERASE_EVERY: Micros = SECOND;
 
 /// A key that salts retry pairs: once it is erased, no pair derived with it
 /// can be derived again. Only `id` is stored with a session.

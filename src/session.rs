@@ -29,37 +29,14 @@ use crate::error::{self, fresh};
 use crate::gucs;
 use crate::ids::SessionId;
 use crate::jsonb::RawJsonb;
+use crate::lineage::{self, access_status, identify, rotatable, Presented, Refresh, Status};
 use crate::probe;
 use crate::retry_keys;
 use crate::retry_pair;
 use crate::revocation::{self, Event, Reuse};
-use crate::store::{self, SessionRow};
+use crate::session_row::{self, SessionRow};
+use crate::store;
 use crate::token::{self, Kind, Parsed};
-
-/// The status words of the contract, and one of this extension's own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Invalid,
-    Revoked,
-    Expired,
-    ReuseDetected,
-    /// Only `session_reauthenticate` reports it (as SA003, with a HINT): the
-    /// access token is the in-grace parent of the current pair, which still
-    /// validates (rule 6) but may not re-authenticate.
-    Superseded,
-}
-
-impl Status {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Status::Invalid => "invalid",
-            Status::Revoked => "revoked",
-            Status::Expired => "expired",
-            Status::ReuseDetected => "reuse_detected",
-            Status::Superseded => "superseded",
-        }
-    }
-}
 
 /// A freshly issued or rotated pair.
 #[derive(Clone, Debug)]
@@ -94,18 +71,6 @@ pub struct Listed {
     pub data: RawJsonb,
 }
 
-/// Which of a session's tokens was presented.
-#[derive(Clone, Debug)]
-enum Presented {
-    Current,
-    Parent,
-    /// Superseded before the parent; from the blacklist.
-    Older {
-        generation: i32,
-        expires_at: Micros,
-    },
-}
-
 /// What every writing call does first, cheaply (each at most once a second
 /// per backend): erase expired retry keys where no worker does, and retry
 /// pending reuse revocations where no worker does.
@@ -127,32 +92,6 @@ fn load_for_update(client: &mut SpiClient<'_>, session: &SessionId) -> Option<Se
     )
 }
 
-/// Finds which token of `row` the parsed token is, if any. `blacklisted`
-/// looks a digest up on the blacklist (writers through SPI with a fresh
-/// snapshot, validate through a direct probe).
-fn identify(
-    parsed: &Parsed,
-    row: &SessionRow,
-    blacklisted: impl FnOnce(&[u8], &SessionId) -> Option<store::Blacklisted>,
-) -> Option<Presented> {
-    let (current, parent) = match parsed.kind {
-        Kind::Access => (&row.access_digest, &row.parent_access_digest),
-        Kind::Refresh => (&row.refresh_digest, &row.parent_refresh_digest),
-    };
-    if token::same_digest(&parsed.digest, Some(current)) {
-        return Some(Presented::Current);
-    }
-    if token::same_digest(&parsed.digest, parent.as_deref()) {
-        return Some(Presented::Parent);
-    }
-    blacklisted(&parsed.digest, &row.session_id)
-        .filter(|b| b.kind == parsed.kind.as_str())
-        .map(|b| Presented::Older {
-            generation: b.generation,
-            expires_at: b.expires_at,
-        })
-}
-
 /// Whether the token is one of its session's, checked without taking any
 /// lock, so that knowing a session id alone never lets anyone hold a lock on
 /// somebody else's session. Writers then lock and check again.
@@ -172,77 +111,6 @@ fn identify_locked(
     identify(parsed, row, |digest, session| {
         store::find_blacklisted(client, digest, session)
     })
-}
-
-/// Whether the parent pair is still inside its grace window: the one fixed
-/// at rotation, shortened by the caller's current setting (rules 2 and 6).
-fn in_grace(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
-    row.grace_until.is_some_and(|until| now < until)
-        && row
-            .rotated_at
-            .is_some_and(|at| now < at.saturating_add(policy.refresh_grace))
-}
-
-/// How long after a refresh rotation a call that presents its parent counts
-/// as racing it (rule 7), whatever `refresh_grace` says: requests sent at the
-/// same instant reach the server a little apart, and one may start while
-/// the rotation is still committing, yet take its snapshot after it.
-pub const RACE_WINDOW: Micros = 100_000;
-
-/// Whether the current pair came from a re-authentication so recent that a
-/// refresh presenting the pair it replaced is racing it (rule 7).
-fn racing_reauthentication(row: &SessionRow, now: Micros) -> bool {
-    row.grace_until.is_none()
-        && row
-            .rotated_at
-            .is_some_and(|at| now < at.saturating_add(RACE_WINDOW))
-}
-
-/// Whether a retry of a refresh rotation's parent gets the same pair: inside
-/// the grace window (rule 2), or racing the rotation (rule 7). Never after a
-/// reauthentication, which has no grace (its `grace_until` is NULL).
-fn may_retry(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
-    in_grace(row, now, policy)
-        || (row.grace_until.is_some()
-            && row
-                .rotated_at
-                .is_some_and(|at| now < at.saturating_add(RACE_WINDOW)))
-}
-
-/// The status of an access token and, when it is good, until when.
-/// Precedence: invalid, revoked, expired.
-fn access_status(
-    presented: &Presented,
-    row: &SessionRow,
-    now: Micros,
-    policy: &Policy,
-) -> Result<Micros, Status> {
-    if row.revoked_at.is_some() {
-        return Err(Status::Revoked);
-    }
-    let effective = Effective::of(&row.stored(), policy);
-    let until = match presented {
-        Presented::Current => effective.access,
-        Presented::Parent => {
-            // Rule 6: in-flight requests of the pair a refresh replaced.
-            if !in_grace(row, now, policy) {
-                return Err(Status::Revoked);
-            }
-            let grace_end = row.grace_until.unwrap_or(now).min(
-                row.rotated_at
-                    .unwrap_or(now)
-                    .saturating_add(policy.refresh_grace),
-            );
-            grace_end
-                .min(row.parent_access_expires_at.unwrap_or(now))
-                .min(effective.session)
-        }
-        Presented::Older { .. } => return Err(Status::Revoked),
-    };
-    if now >= until {
-        return Err(Status::Expired);
-    }
-    Ok(until)
 }
 
 pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
@@ -377,12 +245,6 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     })
 }
 
-/// The effective deadlines of a live, unexpired session.
-fn rotatable(row: &SessionRow, now: Micros, policy: &Policy) -> Option<Effective> {
-    let effective = Effective::of(&row.stored(), policy);
-    (row.revoked_at.is_none() && now < effective.session).then_some(effective)
-}
-
 /// Every refresh rule, decided on the locked row. `was_current`: the token
 /// was the current one when this call began, so if it is not any more, a
 /// concurrent call rotated it in the meantime (rule 7).
@@ -396,51 +258,22 @@ fn refresh_locked(
 ) -> Result<Pair, Status> {
     let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
     let presented = identify_locked(client, parsed, &row).ok_or(Status::Invalid)?;
-    if row.revoked_at.is_some() {
-        return Err(Status::Revoked);
-    }
-    let effective = Effective::of(&row.stored(), policy);
-    if now >= effective.session {
-        return Err(Status::Expired);
-    }
-    // A concurrent refresh rotated the token this call presented while it
-    // was current: the pair that rotation made is this call's answer too,
-    // even with refresh_grace = 0 (then no retry would otherwise be served).
-    let lost_race = was_current && row.grace_until.is_some();
-    match presented {
-        Presented::Current => Ok(rotate(client, &row, token, now, policy, effective)
+    match lineage::decide_refresh(&presented, &row, now, policy, was_current) {
+        Refresh::Rotate(effective) => Ok(rotate(client, &row, token, now, policy, effective)
             .unwrap_or_else(|| error::internal("rotate", "the locked row changed"))),
-        Presented::Parent if lost_race || may_retry(&row, now, policy) => {
-            // Rule 2: a lost response or a second tab gets the same pair. If
-            // the retry key is gone already (a wait longer than the erase
-            // margin, a restart), the pair cannot be given again: the token
-            // has outlived what its grace allows.
+        // If the retry key is gone already (a wait longer than the erase
+        // margin, a restart), the pair cannot be given again: the token has
+        // outlived what its grace allows.
+        Refresh::Retry(effective) => {
             retry_pair(client, &row, token, effective).ok_or(Status::Expired)
         }
-        // Superseded while this call waited, by a re-authentication or by
-        // two rotations, or by a re-authentication a moment before this call
-        // (another tab's): not a theft, but no pair to give either.
-        Presented::Parent | Presented::Older { .. } if was_current => Err(Status::Expired),
-        Presented::Parent if racing_reauthentication(&row, now) => Err(Status::Expired),
-        Presented::Parent => {
-            // Outside the grace a parent past its own deadline is
-            // expired, not reuse (precedence: expired first).
-            if row.parent_refresh_expires_at.is_some_and(|at| now >= at) {
-                return Err(Status::Expired);
-            }
-            reuse_detected(client, &row, row.generation - 1, now);
-            Err(Status::ReuseDetected)
-        }
-        Presented::Older {
-            generation,
-            expires_at,
+        Refresh::ReuseDetected {
+            replayed_generation,
         } => {
-            if now >= expires_at {
-                return Err(Status::Expired);
-            }
-            reuse_detected(client, &row, generation, now);
+            reuse_detected(client, &row, replayed_generation, now);
             Err(Status::ReuseDetected)
         }
+        Refresh::Refused(status) => Err(status),
     }
 }
 
@@ -504,29 +337,23 @@ fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>)
         "superseded"
     };
     let (retry_key_id, grace_until) = r.retry.unzip();
-    let rotated = store::affected(
+    let rotated = store::rotate(
         client,
-        &store::ROTATE,
-        &[
-            store::uuid(&row.session_id),
-            store::ts(r.now),
-            store::opt_ts(grace_until),
-            store::opt_i64(retry_key_id),
-            store::bytes(&token::digest(&access_token)),
-            store::ts(deadlines.access_expires_at),
-            store::bytes(&token::digest(&refresh_token)),
-            store::ts(deadlines.refresh_expires_at),
-            store::opt_ts(r.reauth.map(|_| r.now)),
-            r.reauth.flatten().into(),
-            store::bytes(&row.access_digest),
-            row.generation.into(),
-            store::ts(row.access_expires_at),
-            reason.into(),
-            store::bytes(&row.refresh_digest),
-            store::ts(row.refresh_expires_at),
-        ],
+        &store::RotateArgs {
+            row,
+            now: r.now,
+            grace_until,
+            retry_key_id,
+            new_access_digest: &token::digest(&access_token),
+            new_access_expires_at: deadlines.access_expires_at,
+            new_refresh_digest: &token::digest(&refresh_token),
+            new_refresh_expires_at: deadlines.refresh_expires_at,
+            authenticated_at: r.reauth.map(|_| r.now),
+            auth_level: r.reauth.flatten(),
+            reason,
+        },
     );
-    (rotated == 1).then_some(Pair {
+    rotated.then_some(Pair {
         session_id: row.session_id,
         access_token,
         access_expires_at: deadlines.access_expires_at,
@@ -644,7 +471,7 @@ pub fn list(user_id: &str) -> Vec<Listed> {
                 let row = SessionRow::read(&r);
                 let expires_at = Effective::of(&row.stored(), &policy).session;
                 (now < expires_at).then(|| {
-                    let data: RawJsonb = store::req(&r, store::SESSION_COLUMNS + 1);
+                    let data: RawJsonb = store::req(&r, session_row::COLUMN_COUNT + 1);
                     Listed {
                         session_id: row.session_id,
                         created_at: row.created_at,

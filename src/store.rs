@@ -22,8 +22,10 @@ use pgrx::pg_sys::PgBuiltInOids as T;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
 use pgrx::{pg_sys, FromDatum, IntoDatum, PgOid};
 
+use crate::clock::Micros;
 use crate::error;
 use crate::ids::SessionId;
+use crate::session_row::{column_list, session_row_columns, SessionRow};
 
 /// A statement and the types of its parameters.
 pub struct Stmt {
@@ -195,11 +197,6 @@ pub fn req_ts(row: &SpiHeapTupleData<'_>, n: usize) -> i64 {
         .unwrap_or_else(|| error::internal("reading a row", format!("column {n} is NULL")))
 }
 
-pub fn to_timestamptz(us: i64) -> pgrx::datum::TimestampWithTimeZone {
-    pgrx::datum::TimestampWithTimeZone::try_from(us)
-        .unwrap_or_else(|e| error::internal("timestamp out of range", e))
-}
-
 /// Rows a data-modifying statement touched.
 pub fn affected(client: &mut SpiClient<'_>, stmt: &Stmt, args: &[DatumWithOid<'_>]) -> u64 {
     run(client, stmt, args, |t| t.len() as u64)
@@ -208,22 +205,11 @@ pub fn affected(client: &mut SpiClient<'_>, stmt: &Stmt, args: &[DatumWithOid<'_
 // ---------------------------------------------------------------------------
 // The statements.
 
-/// Columns of `SessionRow`, in order.
-macro_rules! session_columns {
-    () => {
-        "session_id, user_id, auth_level, created_at, authenticated_at, last_refreshed_at, \
-         generation, access_digest, access_issued_at, access_expires_at, refresh_digest, \
-         refresh_expires_at, absolute_expires_at, parent_access_digest, \
-         parent_access_expires_at, parent_refresh_digest, rotated_at, grace_until, \
-         retry_key_id, revoked_at, parent_refresh_expires_at"
-    };
-}
-
 pub static LOAD_FOR_UPDATE: Stmt = Stmt {
     name: "load_for_update",
     sql: concat!(
         "SELECT ",
-        session_columns!(),
+        session_row_columns!(column_list),
         " FROM session_auth.sessions WHERE session_id = $1 FOR UPDATE"
     ),
     args: &[T::UUIDOID],
@@ -235,7 +221,7 @@ pub static LOAD_USER_FOR_UPDATE: Stmt = Stmt {
     // One fixed lock order (session_id) for every multi-session operation.
     sql: concat!(
         "SELECT ",
-        session_columns!(),
+        session_row_columns!(column_list),
         " FROM session_auth.sessions WHERE user_id = $1 AND revoked_at IS NULL \
          ORDER BY session_id FOR UPDATE"
     ),
@@ -247,7 +233,7 @@ pub static LIST_USER: Stmt = Stmt {
     name: "list_user",
     sql: concat!(
         "SELECT ",
-        session_columns!(),
+        session_row_columns!(column_list),
         ", data FROM session_auth.sessions WHERE user_id = $1 AND revoked_at IS NULL"
     ),
     args: &[T::TEXTOID],
@@ -306,7 +292,7 @@ pub static INSERT_SESSION: Stmt = Stmt {
 /// No `ON CONFLICT`: a current digest reaches the blacklist exactly once,
 /// when it stops being current, so a conflict cannot happen and the
 /// speculative-insertion check would be paid on every rotation for nothing.
-pub static ROTATE: Stmt = Stmt {
+static ROTATE: Stmt = Stmt {
     name: "rotate",
     sql: "WITH rotated AS ( \
             UPDATE session_auth.sessions SET \
@@ -351,6 +337,52 @@ pub static ROTATE: Stmt = Stmt {
     ],
     writes: true,
 };
+
+/// What a rotation writes, by name (`ROTATE`'s parameters are bound from
+/// it in `rotate`, beside the statement, and nowhere else).
+pub struct RotateArgs<'a> {
+    /// The row as the caller read it: its id, generation and current pair,
+    /// which become the parent (and the guard against a concurrent change).
+    pub row: &'a SessionRow,
+    pub now: Micros,
+    /// The end of the new pair's grace window, and the retry key it was
+    /// derived with; `None` for a re-authentication (no grace).
+    pub grace_until: Option<Micros>,
+    pub retry_key_id: Option<i64>,
+    pub new_access_digest: &'a [u8],
+    pub new_access_expires_at: Micros,
+    pub new_refresh_digest: &'a [u8],
+    pub new_refresh_expires_at: Micros,
+    /// A re-authentication's time and the level it asks for.
+    pub authenticated_at: Option<Micros>,
+    pub auth_level: Option<i32>,
+    /// Why the old pair is blacklisted: `superseded` or `reauthenticated`.
+    pub reason: &'static str,
+}
+
+/// Runs `ROTATE`; false if the row no longer holds the pair it was read with.
+pub fn rotate(client: &mut SpiClient<'_>, r: &RotateArgs<'_>) -> bool {
+    let old = r.row;
+    let args = [
+        uuid(&old.session_id),        // $1
+        ts(r.now),                    // $2
+        opt_ts(r.grace_until),        // $3
+        opt_i64(r.retry_key_id),      // $4
+        bytes(r.new_access_digest),   // $5
+        ts(r.new_access_expires_at),  // $6
+        bytes(r.new_refresh_digest),  // $7
+        ts(r.new_refresh_expires_at), // $8
+        opt_ts(r.authenticated_at),   // $9
+        r.auth_level.into(),          // $10
+        bytes(&old.access_digest),    // $11
+        old.generation.into(),        // $12
+        ts(old.access_expires_at),    // $13
+        r.reason.into(),              // $14
+        bytes(&old.refresh_digest),   // $15
+        ts(old.refresh_expires_at),   // $16
+    ];
+    affected(client, &ROTATE, &args) == 1
+}
 
 /// Revokes live sessions by id, blacklists their current pairs and records
 /// one event per session, in one statement. Returns what a NOTIFY needs,
@@ -572,77 +604,6 @@ pub static RECORD_PURGE: Stmt = Stmt {
 // ---------------------------------------------------------------------------
 // Rows.
 
-/// A session row, without its data.
-#[derive(Clone, Debug)]
-pub struct SessionRow {
-    pub session_id: SessionId,
-    pub user_id: String,
-    pub auth_level: i32,
-    pub created_at: i64,
-    pub authenticated_at: i64,
-    pub last_refreshed_at: i64,
-    pub generation: i32,
-    pub access_digest: Vec<u8>,
-    pub access_issued_at: i64,
-    pub access_expires_at: i64,
-    pub refresh_digest: Vec<u8>,
-    pub refresh_expires_at: i64,
-    pub absolute_expires_at: i64,
-    pub parent_access_digest: Option<Vec<u8>>,
-    pub parent_access_expires_at: Option<i64>,
-    pub parent_refresh_digest: Option<Vec<u8>>,
-    pub rotated_at: Option<i64>,
-    pub grace_until: Option<i64>,
-    /// The retry key the current pair was derived with (a refresh), or
-    /// `None` (issue, re-authentication, revocation).
-    pub retry_key_id: Option<i64>,
-    pub revoked_at: Option<i64>,
-    pub parent_refresh_expires_at: Option<i64>,
-}
-
-/// Number of columns `session_columns!` selects.
-pub const SESSION_COLUMNS: usize = 21;
-
-impl SessionRow {
-    pub fn read(row: &SpiHeapTupleData<'_>) -> Self {
-        let id: pgrx::Uuid = req(row, 1);
-        SessionRow {
-            session_id: SessionId::from(id),
-            user_id: req(row, 2),
-            auth_level: req(row, 3),
-            created_at: req_ts(row, 4),
-            authenticated_at: req_ts(row, 5),
-            last_refreshed_at: req_ts(row, 6),
-            generation: req(row, 7),
-            access_digest: req(row, 8),
-            access_issued_at: req_ts(row, 9),
-            access_expires_at: req_ts(row, 10),
-            refresh_digest: req(row, 11),
-            refresh_expires_at: req_ts(row, 12),
-            absolute_expires_at: req_ts(row, 13),
-            parent_access_digest: col(row, 14),
-            parent_access_expires_at: ts_col(row, 15),
-            parent_refresh_digest: col(row, 16),
-            rotated_at: ts_col(row, 17),
-            grace_until: ts_col(row, 18),
-            retry_key_id: col(row, 19),
-            revoked_at: ts_col(row, 20),
-            parent_refresh_expires_at: ts_col(row, 21),
-        }
-    }
-
-    pub fn stored(&self) -> crate::clock::Stored {
-        crate::clock::Stored {
-            created_at: self.created_at,
-            last_refreshed_at: self.last_refreshed_at,
-            refresh_expires_at: self.refresh_expires_at,
-            absolute_expires_at: self.absolute_expires_at,
-            access_issued_at: self.access_issued_at,
-            access_expires_at: self.access_expires_at,
-        }
-    }
-}
-
 /// A blacklist entry matching a presented digest.
 #[derive(Clone, Debug)]
 pub struct Blacklisted {
@@ -675,18 +636,4 @@ pub fn find_blacklisted(
             })
         },
     )
-}
-
-#[cfg(test)]
-mod unit_tests {
-    #[test]
-    fn the_direct_probe_reads_the_columns_the_statements_select() {
-        let selected: Vec<&str> = session_columns!().split(',').map(str::trim).collect();
-        let probed: Vec<String> = crate::probe::SESSION_COLUMNS[..super::SESSION_COLUMNS]
-            .iter()
-            .map(|c| c.name.to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(selected.len(), super::SESSION_COLUMNS);
-        assert_eq!(selected, probed);
-    }
 }
