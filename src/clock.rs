@@ -126,6 +126,19 @@ impl NewPair {
     }
 }
 
+/// The contract's default settings, for unit tests of the rules (the
+/// settings themselves are defined in `gucs`).
+#[cfg(test)]
+pub fn default_policy() -> Policy {
+    const MIN: Micros = 60 * SECOND;
+    Policy {
+        access_ttl: 15 * MIN,
+        idle_timeout: 30 * MIN,
+        absolute_timeout: 12 * 60 * MIN,
+        refresh_grace: 10 * SECOND,
+    }
+}
+
 #[cfg(test)]
 mod unit_tests {
     use super::*;
@@ -133,12 +146,7 @@ mod unit_tests {
     const MIN: Micros = 60 * SECOND;
 
     fn policy() -> Policy {
-        Policy {
-            access_ttl: 15 * MIN,
-            idle_timeout: 30 * MIN,
-            absolute_timeout: 12 * 60 * MIN,
-            refresh_grace: 10 * SECOND,
-        }
+        default_policy()
     }
 
     fn issued_at(t: Micros) -> Stored {

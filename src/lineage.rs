@@ -223,12 +223,9 @@ mod unit_tests {
     const GRACE: Micros = 10 * SECOND;
 
     fn policy() -> Policy {
-        Policy {
-            access_ttl: 15 * MIN,
-            idle_timeout: 30 * MIN,
-            absolute_timeout: 12 * 60 * MIN,
-            refresh_grace: GRACE,
-        }
+        let policy = crate::clock::default_policy();
+        assert_eq!(policy.refresh_grace, GRACE);
+        policy
     }
 
     fn d(name: &str) -> Vec<u8> {
