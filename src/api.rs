@@ -20,7 +20,7 @@ use crate::jsonb::RawJsonb;
 use crate::clock::to_timestamptz;
 use crate::error;
 use crate::ids::SessionId;
-use crate::lineage::Status;
+use crate::lineage::{self, Status};
 use crate::session::{self, Pair};
 
 type PairRow = (Uuid, String, Tstz, String, Tstz);
@@ -81,7 +81,7 @@ fn session_validate(
 > {
     let row = match session::validate(token) {
         Ok(v) => (
-            "ok".to_string(),
+            lineage::OK.to_string(),
             Some(Uuid::from(v.session_id)),
             Some(v.user_id),
             Some(v.data),
@@ -116,7 +116,7 @@ fn status_pair_row(result: Result<Pair, Status>) -> RefreshRow {
         Ok(p) => {
             let (id, at, ax, rt, rx) = pair_row(p);
             (
-                "ok".to_string(),
+                lineage::OK.to_string(),
                 Some(id),
                 Some(at),
                 Some(ax),

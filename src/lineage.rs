@@ -10,6 +10,10 @@ use crate::session_row::SessionRow;
 use crate::store::Blacklisted;
 use crate::token::{self, Kind, Parsed};
 
+/// The status word of a good token: what the `Ok` of a `Result<_, Status>`
+/// answers in SQL.
+pub const OK: &str = "ok";
+
 /// The status words of the contract, and one of this extension's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
