@@ -15,7 +15,8 @@
 -- * Capped logins lock rows of session_auth.login_locks, not an advisory lock.
 -- * Every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp.
 -- * session_event(id) confirms the event a NOTIFY names; session_require and
---   session_reauthenticate share session_auth.raise_for_status.
+--   session_reauthenticate share session_auth.raise_for_status, and check
+--   their level arguments with session_auth.check_auth_level.
 --
 -- Like the install script, everything here is schema-qualified.
 
@@ -59,6 +60,16 @@ ALTER FUNCTION session_revoke_id(uuid) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION session_revoke_user(text, uuid) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION session_set_data(uuid, jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION session_auth.reauthenticate_pair(text, integer) SET search_path = pg_catalog, pg_temp;
+
+-- The wrappers' check of a level argument, written in Rust (src/api.rs), as
+-- the install script makes it.
+CREATE FUNCTION session_auth."check_auth_level"(
+	"argument" TEXT, /* &str */
+	"level" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_auth_level_wrapper';
 
 -- The raising forms and session_event, as sql/raising.sql makes them.
 -- The one mapping from a status word to its SQLSTATE, for both wrappers.
@@ -109,8 +120,8 @@ BEGIN
     IF max_auth_age < interval '0' THEN
         RAISE EXCEPTION 'max_auth_age must not be negative' USING ERRCODE = '22023';
     END IF;
-    IF min_auth_level IS NOT NULL AND min_auth_level NOT BETWEEN 1 AND 3 THEN
-        RAISE EXCEPTION 'min_auth_level must be between 1 and 3' USING ERRCODE = '22023';
+    IF min_auth_level IS NOT NULL THEN
+        PERFORM session_auth.check_auth_level('min_auth_level', min_auth_level);
     END IF;
     SELECT * INTO v FROM @extschema@.session_validate(token);
     PERFORM session_auth.raise_for_status(v.status);
@@ -153,8 +164,8 @@ AS $$
 DECLARE
     r record;
 BEGIN
-    IF auth_level IS NOT NULL AND auth_level NOT BETWEEN 1 AND 3 THEN
-        RAISE EXCEPTION 'auth_level must be between 1 and 3' USING ERRCODE = '22023';
+    IF auth_level IS NOT NULL THEN
+        PERFORM session_auth.check_auth_level('auth_level', auth_level);
     END IF;
     SELECT * INTO r FROM session_auth.reauthenticate_pair(token, auth_level);
     PERFORM session_auth.raise_for_status(r.status);
@@ -184,5 +195,6 @@ $$;
 
 -- Privileges of the new functions, as sql/finalize.sql sets them.
 REVOKE ALL ON FUNCTION session_auth.raise_for_status(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION session_auth.check_auth_level(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION session_event(bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION session_event(bigint) TO session_auth_client;

@@ -57,8 +57,8 @@ BEGIN
     IF max_auth_age < interval '0' THEN
         RAISE EXCEPTION 'max_auth_age must not be negative' USING ERRCODE = '22023';
     END IF;
-    IF min_auth_level IS NOT NULL AND min_auth_level NOT BETWEEN 1 AND 3 THEN
-        RAISE EXCEPTION 'min_auth_level must be between 1 and 3' USING ERRCODE = '22023';
+    IF min_auth_level IS NOT NULL THEN
+        PERFORM session_auth.check_auth_level('min_auth_level', min_auth_level);
     END IF;
     SELECT * INTO v FROM @extschema@.session_validate(token);
     PERFORM session_auth.raise_for_status(v.status);
@@ -101,8 +101,8 @@ AS $$
 DECLARE
     r record;
 BEGIN
-    IF auth_level IS NOT NULL AND auth_level NOT BETWEEN 1 AND 3 THEN
-        RAISE EXCEPTION 'auth_level must be between 1 and 3' USING ERRCODE = '22023';
+    IF auth_level IS NOT NULL THEN
+        PERFORM session_auth.check_auth_level('auth_level', auth_level);
     END IF;
     SELECT * INTO r FROM session_auth.reauthenticate_pair(token, auth_level);
     PERFORM session_auth.raise_for_status(r.status);

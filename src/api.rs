@@ -229,6 +229,15 @@ pub mod session_auth {
     use crate::error;
     use crate::session;
 
+    /// Internal: the PL/pgSQL wrappers' check of a level argument, so the
+    /// range of levels is stated in Rust only (`error::AUTH_LEVELS`). It
+    /// runs no SQL, so it needs no pinned search_path (whose save and
+    /// restore the wrappers would pay on every call).
+    #[pg_extern(immutable, parallel_safe)]
+    pub fn check_auth_level(argument: &str, level: Option<i32>) {
+        error::check_auth_level(argument, level);
+    }
+
     /// The rotation behind `session_reauthenticate`, which raises on its status.
     /// Internal: lives in the private schema, callable only by the owner.
     #[pg_extern(volatile, parallel_unsafe)]
@@ -247,10 +256,8 @@ pub mod session_auth {
             name!(refresh_expires_at, Option<Tstz>),
         ),
     > {
+        error::check_auth_level("auth_level", auth_level);
         error::require_primary(c"session_reauthenticate");
-        if let Some(level) = auth_level {
-            error::require_auth_level(Some(level));
-        }
         TableIterator::once(status_pair_row(session::reauthenticate(token, auth_level)))
     }
 }

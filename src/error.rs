@@ -159,10 +159,45 @@ pub fn require_data(data: Option<RawJsonb>) -> RawJsonb {
     value
 }
 
+/// The authentication levels a session can have. The one statement of the
+/// range for every argument check (the PL/pgSQL wrappers call
+/// `session_auth.check_auth_level`); the table's CHECK constraint guards the
+/// stored value, and a unit test holds it to this.
+pub const AUTH_LEVELS: std::ops::RangeInclusive<i32> = 1..=3;
+
+/// `22023` naming `argument` unless `level` is NULL or an authentication
+/// level.
+pub fn check_auth_level(argument: &str, level: Option<i32>) {
+    if level.is_some_and(|level| !AUTH_LEVELS.contains(&level)) {
+        let (low, high) = (AUTH_LEVELS.start(), AUTH_LEVELS.end());
+        bad_argument(argument, &format!("must be between {low} and {high}"));
+    }
+}
+
+/// A level a caller must give (`session_issue`'s).
 pub fn require_auth_level(auth_level: Option<i32>) -> i32 {
-    match auth_level {
-        None => null_argument("auth_level"),
-        Some(level @ 1..=3) => level,
-        Some(_) => bad_argument("auth_level", "must be between 1 and 3"),
+    let Some(level) = auth_level else {
+        null_argument("auth_level")
+    };
+    check_auth_level("auth_level", Some(level));
+    level
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::AUTH_LEVELS;
+
+    #[test]
+    fn the_tables_check_allows_exactly_the_auth_levels() {
+        let bootstrap = include_str!("../sql/bootstrap.sql");
+        let check = format!(
+            "CHECK (auth_level BETWEEN {} AND {})",
+            AUTH_LEVELS.start(),
+            AUTH_LEVELS.end()
+        );
+        assert!(
+            bootstrap.contains(&check),
+            "sql/bootstrap.sql lacks {check}"
+        );
     }
 }

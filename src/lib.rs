@@ -65,7 +65,8 @@ extension_sql_file!(
     name = "raising",
     requires = [
         api::session_validate,
-        api::session_auth::reauthenticate_pair
+        api::session_auth::reauthenticate_pair,
+        api::session_auth::check_auth_level
     ]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

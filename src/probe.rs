@@ -487,9 +487,23 @@ struct Verified<'a>(Values<'a>);
 
 impl RowValues for Verified<'_> {
     fn value<T: FromDatum + IntoDatum>(&self, i: usize) -> Option<T> {
+        // The layout check verified column i against `COLUMNS[i]`; this holds
+        // the Rust type the row reads it as to the same type, so a wrong
+        // line in `session_row_columns!` raises instead of reading one
+        // type's datum as another's.
+        let column = &session_row::COLUMNS[i];
+        if !T::is_compatible_with(column.type_oid) {
+            error::internal(
+                "reading a session row",
+                format!(
+                    "column {} read as the wrong type",
+                    column.name.to_string_lossy()
+                ),
+            );
+        }
         let (datum, isnull) = self.0[i];
-        // SAFETY: column i has the type the session row reads it as (see
-        // `Verified`).
+        // SAFETY: column i is of `column.type_oid` (the layout check) and
+        // `T` is that type (just checked).
         unsafe { T::from_datum(datum, isnull) }
     }
 }

@@ -135,7 +135,8 @@ mod read {
 
     pub fn req<T: FromDatum + IntoDatum>(v: &impl RowValues, i: usize) -> T {
         v.value(i).unwrap_or_else(|| {
-            crate::error::internal("reading a session row", format!("column {i} is NULL"))
+            let name = COLUMNS[i].name.to_string_lossy();
+            crate::error::internal("reading a session row", format!("column {name} is NULL"))
         })
     }
 
