@@ -72,12 +72,26 @@ impl KeyRing {
         &mut self.slots[slot_index(id)]
     }
 
-    /// The key (id, secret) for a use at `now` that needs it found until
-    /// `erase_after`: the current key while `now` is before its
-    /// `usable_until` (its deadline pushed out to `erase_after` if that is
-    /// later), otherwise `new_secret` as a new key usable until
-    /// `usable_until`, after a sweep. The caller draws `new_secret` before
-    /// taking the lock, so nothing under the lock can fail.
+    /// The current key (id, secret) for a use at `now` that needs it found
+    /// until `erase_after`, if `now` is before its `usable_until` (its
+    /// deadline pushed out to `erase_after` if that is later). What nearly
+    /// every rotation gets: a new key is needed once a second at most.
+    pub fn current_key(&mut self, now: Micros, erase_after: Micros) -> Option<(i64, Secret)> {
+        let current = self.current;
+        let slot = self.slot_mut(current);
+        if current == 0 || slot.id != current || now >= slot.usable_until || now >= slot.erase_after
+        {
+            return None;
+        }
+        slot.erase_after = slot.erase_after.max(erase_after);
+        Some((current, slot.secret))
+    }
+
+    /// The current key as `current_key` gives it, otherwise `new_secret` as
+    /// a new key usable until `usable_until`, after a sweep. The caller
+    /// draws `new_secret` before taking the lock, so nothing under the lock
+    /// can fail (and asks `current_key` first, so that it draws one only
+    /// when it is likely to be needed).
     pub fn key_for(
         &mut self,
         now: Micros,
@@ -85,13 +99,8 @@ impl KeyRing {
         erase_after: Micros,
         new_secret: Secret,
     ) -> (i64, Secret) {
-        let current = self.current;
-        if current != 0 {
-            let slot = self.slot_mut(current);
-            if slot.id == current && now < slot.usable_until && now < slot.erase_after {
-                slot.erase_after = slot.erase_after.max(erase_after);
-                return (current, slot.secret);
-            }
+        if let Some(key) = self.current_key(now, erase_after) {
+            return key;
         }
         self.sweep(now);
         let id = self.next_id;
@@ -211,6 +220,24 @@ mod unit_tests {
         );
         assert!(bytes.windows(32).any(|w| w == live.1));
         assert_eq!(r.find(live.0, 150 * S), Some(live.1));
+    }
+
+    #[test]
+    fn the_current_key_is_handed_out_without_a_new_secret_until_it_is_due() {
+        let (mut r, mut s) = (ring(), secrets());
+        assert_eq!(r.current_key(100 * S, 103 * S), None, "an empty ring");
+        let a = r.key_for(100 * S, 101 * S, 103 * S, s());
+        assert_eq!(r.current_key(100 * S + 1, 105 * S), Some(a));
+        assert_eq!(
+            r.find(a.0, 104 * S),
+            Some(a.1),
+            "its deadline moved to 105 s"
+        );
+        assert_eq!(
+            r.current_key(101 * S, 106 * S),
+            None,
+            "past usable_until: a new key is due"
+        );
     }
 
     #[test]

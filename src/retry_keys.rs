@@ -68,13 +68,19 @@ pub fn sweep_ring() -> usize {
 pub fn for_rotation(client: &mut SpiClient<'_>, now: Micros, grace_until: Micros) -> RetryKey {
     match crate::shmem::retry_keys() {
         Some(ring) => {
-            let new_secret = fresh(token::new_secret());
-            let (id, secret) = ring.exclusive().key_for(
-                now,
-                now.saturating_add(KEY_LIFETIME),
-                grace_until.max(now).saturating_add(ERASE_MARGIN),
-                new_secret,
-            );
+            let erase_after = grace_until.max(now).saturating_add(ERASE_MARGIN);
+            // The common case takes the current key: no random draw, which
+            // happens outside the lock and only when a new key is due.
+            let current = ring.exclusive().current_key(now, erase_after);
+            let (id, secret) = current.unwrap_or_else(|| {
+                let new_secret = fresh(token::new_secret());
+                ring.exclusive().key_for(
+                    now,
+                    now.saturating_add(KEY_LIFETIME),
+                    erase_after,
+                    new_secret,
+                )
+            });
             RetryKey { id, secret }
         }
         None => table_key_for_rotation(client, now, grace_until),
