@@ -6,6 +6,12 @@
                                     those that ended between FROM and TO,
                                     Unix epoch seconds)
   report.py rate LOGDIR FROM TO     transactions per second in that window
+  report.py fresh FILE              the replica driver's JSON lines (replica.py),
+                                    summed: "refreshes=N seconds=S
+                                    refresh_bad=K cpu_pct=P v.STATUS=N ..."
+  report.py lag FILE                replay-lag samples ("epoch|ms", "null" when
+                                    caught up, "none" without a standby):
+                                    "samples=N p50=MS p99=MS caught_up=K none=M"
   report.py table RESULTS META      the Markdown report
 
 pgbench's per-transaction log lines are
@@ -54,6 +60,49 @@ def cmd_rate(args):
     lo, hi = float(args[1]), float(args[2])
     v = latencies(args[0], lo, hi)
     print(f"{len(v) / max(hi - lo, 1e-9):.1f}")
+
+
+def cmd_fresh(args):
+    import json
+    secs, cpu, refresh, validate = 0.0, 0.0, {}, {}
+    with open(args[0]) as f:
+        for line in f:
+            d = json.loads(line)
+            secs += d["seconds"]
+            cpu += d.get("cpu", 0)
+            for src, dst in ((d["refresh"], refresh), (d["validate"], validate)):
+                for k, v in src.items():
+                    dst[k] = dst.get(k, 0) + v
+    out = [f"refreshes={sum(refresh.values())}", f"seconds={secs:.1f}",
+           f"refresh_bad={sum(v for k, v in refresh.items() if k != 'ok')}",
+           f"cpu_pct={100 * cpu / max(secs, 1e-9):.0f}"]
+    out += [f"v.{k}={v}" for k, v in sorted(validate.items())]
+    print(" ".join(out))
+
+
+def cmd_lag(args):
+    v, caught, none = [], 0, 0
+    with open(args[0]) as f:
+        for line in f:
+            _, _, x = line.strip().partition("|")
+            if x == "null":
+                caught += 1
+                v.append(0.0)   # fully replayed: no lag
+            elif x in ("none", ""):
+                none += 1
+            else:
+                v.append(float(x))
+    v.sort()
+    print(f"samples={len(v)} p50={pctl(v, 0.50):.3f} p99={pctl(v, 0.99):.3f} "
+          f"caught_up={caught} none={none}")
+
+
+def kv(text):
+    out = {}
+    for part in (text or "").split():
+        k, _, x = part.partition("=")
+        out[k] = x
+    return out
 
 
 # --- the report -----------------------------------------------------------------
@@ -115,6 +164,24 @@ def verdict(r, goal, higher_is_better=True):
         return "not measured"
     ok = r >= goal if higher_is_better else r <= goal
     return "**met**" if ok else "**missed**"
+
+
+def replica_share(runs, meta):
+    """The share of every validate on the standby (pgbench's and the fresh
+    tokens') answered not_replayed, and the detail for the table."""
+    fresh = kv(meta.get("replica_fresh_standby"))
+    bad = kv(meta.get("replica_bad_standby"))
+    n_fresh = sum(int(v) for k, v in fresh.items() if k.startswith("v."))
+    run = runs.get("replica_standby")
+    total = n_fresh + (run["n"] if run else 0)
+    nr = int(fresh.get("v.not_replayed", 0)) + int(bad.get("not_replayed", 0))
+    nr_fresh = int(fresh.get("v.not_replayed", 0))
+    others = ", ".join(f"`{k[2:]}` {int(v):,}" for k, v in fresh.items()
+                       if k.startswith("v.") and k not in ("v.ok", "v.not_replayed"))
+    share = "n/a" if not total else f"{100 * nr / total:.2f} %"
+    detail = (f"of {total:,}; of the {n_fresh:,} freshly refreshed: {nr_fresh:,}"
+              + (f" (other non-ok: {others})" if others else ""))
+    return share, detail
 
 
 def cmd_table(args):
@@ -181,6 +248,19 @@ def cmd_table(args):
     else:
         w(f"| total size after 2M rotations / after 100k | n/a | ≤ 1.5× | "
           f"{meta.get('bloat', 'not run')} |")
+    if meta.get("replica") == "ran":
+        r = ratio(tps("replica_standby"), tps("replica_primary"))
+        w(f"| validate throughput on a hot standby / on the primary, "
+          f"{int(meta['replica_rate']):,} refreshes/s on the primary | {fx(r)} | ≥ 0.9× | "
+          f"{verdict(r, 0.9)} |")
+        lag = kv(meta.get("replica_lag_standby"))
+        w(f"| replay lag p50 / p99 meanwhile (`pg_stat_replication.replay_lag`, every 100 ms) | "
+          f"{lag.get('p50', 'n/a')} / {lag.get('p99', 'n/a')} ms | | reported |")
+        share, detail = replica_share(runs, meta)
+        w(f"| standby validates answered `not_replayed` | {share} | | {detail} |")
+    else:
+        w(f"| validate throughput on a hot standby / on the primary | n/a | ≥ 0.9× | "
+          f"{meta.get('replica', 'not run')} |")
     if meta.get("purge") == "ran":
         r = ratio(g("purge_during")["p99"], g("purge_base")["p99"]) \
             if g("purge_during") and g("purge_base") else None
@@ -269,6 +349,39 @@ def cmd_table(args):
         w(f"Purge: {meta.get('purge', 'not run')}.")
     w("")
 
+    # Replica.
+    if meta.get("replica") == "ran":
+        w("## Replica")
+        w("")
+        s_, p_ = g("replica_standby"), g("replica_primary")
+        fs, fp = kv(meta.get("replica_fresh_standby")), kv(meta.get("replica_fresh_primary"))
+        rate = lambda f: fnum(int(f.get("refreshes", 0)) / max(float(f.get("seconds", 0)), 1e-9))
+        statuses = lambda f: ", ".join(f"{k[2:]} {int(v):,}" for k, v in f.items()
+                                       if k.startswith("v.")) or "none"
+        lag_p = kv(meta.get("replica_lag_primary"))
+        lag_s = kv(meta.get("replica_lag_standby"))
+        w(f"A streaming hot standby of this cluster ({meta.get('replica_setup', '?')}). "
+          f"{meta.get('replica_slices', '?')} slices alternating: pgbench validates (the same "
+          f"clients and script, families {int(meta['replica_hot']) + 1:,}..{size:,}) on the standby, "
+          f"then on the primary; in both, `bench/replica.py` refreshes families 1.."
+          f"{int(meta['replica_hot']):,} on the primary at {int(meta['replica_rate']):,}/s and "
+          "validates each new access token at once on the server the validators use.")
+        w("")
+        w("| validators on | validate tps | p50 / p99 ms | refreshes/s achieved | driver CPU "
+          "| fresh tokens validated | replay lag p50 / p99 ms |")
+        w("|---|---:|---:|---:|---:|---|---:|")
+        for label, x, f, lag in (("standby", s_, fs, lag_s), ("primary", p_, fp, lag_p)):
+            w(f"| {label} | {fnum(x['tps'] if x else None)} | {fms(x, 'p50')} / {fms(x, 'p99')} | "
+              f"{rate(f)} | {f.get('cpu_pct', '?')} % of a core | {statuses(f)} | "
+              f"{lag.get('p50', 'n/a')} / {lag.get('p99', 'n/a')} |")
+        w("")
+        w(f"Lag samples in the standby slices: {lag_s.get('samples', '?')}, "
+          f"{lag_s.get('caught_up', '?')} of them with the standby fully caught up (0 ms). "
+          f"pgbench's non-ok answers: standby {meta.get('replica_bad_standby') or 'none'}, "
+          f"primary {meta.get('replica_bad_primary') or 'none'}. The driver's pairs, stored back "
+          f"into `bench.tokens` at the end: {meta.get('replica_stored', '?')}.")
+        w("")
+
     # Sanity.
     w("## Sanity")
     w("")
@@ -283,7 +396,8 @@ def cmd_table(args):
 
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"pct": cmd_pct, "rate": cmd_rate, "table": cmd_table}[cmd](args)
+    {"pct": cmd_pct, "rate": cmd_rate, "fresh": cmd_fresh, "lag": cmd_lag,
+     "table": cmd_table}[cmd](args)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,17 @@ CREATE FUNCTION bench.note_bad(run text, status text) RETURNS void LANGUAGE sql 
     INSERT INTO bench.bad VALUES (run, coalesce(status, 'null'), 1)
     ON CONFLICT (run, status) DO UPDATE SET n = bench.bad.n + 1
 $$;
+-- The same on a hot standby, which cannot write: there a NOTICE, which pgbench
+-- prints and bench/run counts (the replica workload).
+CREATE FUNCTION bench.note_status(run text, status text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE NOTICE 'bench status: %', coalesce(status, 'null');
+    ELSE
+        PERFORM bench.note_bad(run, status);
+    END IF;
+END
+$$;
 
 -- The data every session carries (roles, as an application would).
 CREATE FUNCTION bench.session_data() RETURNS jsonb LANGUAGE sql IMMUTABLE

@@ -19,7 +19,7 @@ CHROOT_MIRROR=${PG_SESSION_AUTH_CHROOT_MIRROR:-http://deb.debian.org/debian}
 # Debian's packages links the host's libraries and cannot run in here.
 CHROOT_PACKAGES=(postgresql-17 postgresql-server-dev-17 libclang-dev clang
                  pkg-config sudo python3 python3-venv ca-certificates gcc make procps
-                 rustc-web cargo-web rust-web-clippy rustfmt-web)
+                 pgbouncer rustc-web cargo-web rust-web-clippy rustfmt-web)
 
 ensure_chroot() {
     if [ -f "$CHROOT/.pg_session_auth-ready" ]; then

@@ -29,7 +29,9 @@ pg_config_for_major() {
     esac
 }
 PG_CONFIG=${PG_CONFIG:-$(pg_config_for_major "$PG_MAJOR")}
-APT_PACKAGES=(libclang-dev clang pkg-config sudo python3-venv)
+# pgbouncer: tests/client/test_pgbouncer.py puts Debian's in front of a
+# cluster in transaction-pooling mode (bookworm has 1.18, trixie 1.24).
+APT_PACKAGES=(libclang-dev clang pkg-config sudo python3-venv pgbouncer)
 # 18's server, headers, psql and pg_regress all come with the wheel.
 case $PG_MAJOR in
     15) APT_PACKAGES+=(postgresql-15 postgresql-server-dev-15 postgresql-contrib) ;;

@@ -1,4 +1,4 @@
--- The raising forms. PostgreSQL custom SQLSTATEs (SA001..SA005) cannot cross
+-- The raising forms. PostgreSQL custom SQLSTATEs (SA001..SA006) cannot cross
 -- pgrx's FFI boundary, so these two are PL/pgSQL over functions that return
 -- a status word. Messages never contain a token.
 --
@@ -29,6 +29,11 @@ BEGIN
                              'grace window, but only the current access token can reauthenticate. '
                              'Refresh first (the grace window returns the current pair), then '
                              'reauthenticate with its access token.';
+        WHEN 'not_replayed' THEN
+            RAISE EXCEPTION 'session token not replayed yet'
+                USING ERRCODE = 'SA006',
+                      HINT = 'This hot standby has not replayed the token''s session or refresh '
+                             'yet: retry on the primary.';
         ELSE
             RAISE EXCEPTION 'invalid session token' USING ERRCODE = 'SA001';
     END CASE;

@@ -29,6 +29,22 @@ pub fn wall_now() -> Micros {
     datetime_support::clock_timestamp().into_inner()
 }
 
+/// PostgreSQL's epoch (2000-01-01) in Unix time.
+const UNIX_TO_POSTGRES_EPOCH: Micros = 946_684_800 * SECOND;
+
+/// A time as Unix milliseconds (0 before 1970, which no issue time is).
+pub fn unix_millis(t: Micros) -> u64 {
+    u64::try_from(t.saturating_add(UNIX_TO_POSTGRES_EPOCH) / 1000).unwrap_or(0)
+}
+
+/// Unix milliseconds as a time.
+pub fn from_unix_millis(ms: u64) -> Micros {
+    i64::try_from(ms)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000)
+        .saturating_sub(UNIX_TO_POSTGRES_EPOCH)
+}
+
 /// A time as the SQL value a function returns.
 pub fn to_timestamptz(us: Micros) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(us)
@@ -142,6 +158,19 @@ pub fn default_policy() -> Policy {
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+
+    #[test]
+    fn unix_millis_round_trip_from_the_postgres_epoch() {
+        assert_eq!(unix_millis(0), 946_684_800_000, "2000-01-01");
+        assert_eq!(from_unix_millis(946_684_800_123), 123_000);
+        let t = 849_312_000 * SECOND + 456_000;
+        assert_eq!(from_unix_millis(unix_millis(t)), t);
+        assert_eq!(
+            unix_millis(-UNIX_TO_POSTGRES_EPOCH - SECOND),
+            0,
+            "before 1970"
+        );
+    }
 
     const MIN: Micros = 60 * SECOND;
 

@@ -1,7 +1,7 @@
 //! Errors raised from Rust, each with one precise SQLSTATE.
 //!
 //! Only standard SQLSTATEs survive pgrx's FFI boundary, so argument errors
-//! (`22004`, `22023`) are raised here, while the token errors `SA001`..`SA005`
+//! (`22004`, `22023`) are raised here, while the token errors `SA001`..`SA006`
 //! are raised by the PL/pgSQL wrappers in `sql/raising.sql` from the status a
 //! Rust function returns. No message ever contains a token, and nothing
 //! internal reaches a client: no Rust backtrace (pgrx would put one in

@@ -6,6 +6,7 @@
 //! * `session`: the lifecycle: issue, validate, refresh, revoke, list,
 //!   set data, re-authenticate, reading and writing around `lineage`, the
 //!   pure rules: which token was presented and what each call answers.
+//!   `standby`: what a hot standby answers for a token it has not replayed.
 //! * `token`: the token format, parsing, digests. `ids`: session ids.
 //! * `retry_pair`: how a retry inside the grace gets the same pair (HKDF).
 //!   `retry_keys`: the short-lived keys that allows, and where they live
@@ -47,6 +48,7 @@ mod revocation;
 mod session;
 mod session_row;
 mod shmem;
+mod standby;
 mod store;
 mod token;
 mod vacuum;

@@ -25,6 +25,9 @@ pub enum Status {
     /// access token is the in-grace parent of the current pair, which still
     /// validates (rule 6) but may not re-authenticate.
     Superseded,
+    /// Only on a hot standby: the token may be newer than what the standby
+    /// has replayed (rule 8, `standby`); ask the primary.
+    NotReplayed,
 }
 
 impl Status {
@@ -35,6 +38,7 @@ impl Status {
             Status::Expired => "expired",
             Status::ReuseDetected => "reuse_detected",
             Status::Superseded => "superseded",
+            Status::NotReplayed => "not_replayed",
         }
     }
 }
@@ -232,37 +236,9 @@ mod unit_tests {
         policy
     }
 
-    fn d(name: &str) -> Vec<u8> {
-        token::digest(name).to_vec()
-    }
-
-    /// A session issued at 0 whose first pair (`a1`/`r1`) a refresh at
-    /// `rotated` replaced with `a2`/`r2` (generation 2).
     fn refreshed_at(rotated: Micros) -> SessionRow {
-        let p = policy();
-        SessionRow {
-            session_id: SessionId::from_bytes([7; 16]),
-            user_id: "alice".into(),
-            auth_level: 1,
-            created_at: 0,
-            authenticated_at: 0,
-            last_refreshed_at: rotated,
-            generation: 2,
-            access_digest: d("a2"),
-            access_issued_at: rotated,
-            access_expires_at: rotated + p.access_ttl,
-            refresh_digest: d("r2"),
-            refresh_expires_at: rotated + p.idle_timeout,
-            absolute_expires_at: p.absolute_timeout,
-            parent_access_digest: Some(d("a1")),
-            parent_access_expires_at: Some(p.access_ttl),
-            parent_refresh_digest: Some(d("r1")),
-            rotated_at: Some(rotated),
-            grace_until: Some(rotated + GRACE),
-            retry_key_id: Some(1),
-            revoked_at: None,
-            parent_refresh_expires_at: Some(p.idle_timeout),
-        }
+        assert_eq!(policy().refresh_grace, GRACE);
+        SessionRow::refreshed_at(rotated)
     }
 
     /// The same, but the rotation was a re-authentication: no grace.
@@ -278,6 +254,7 @@ mod unit_tests {
         Parsed {
             kind,
             session: SessionId::from_bytes([7; 16]),
+            generation: None,
             digest: token::digest(name),
         }
     }

@@ -24,7 +24,7 @@ use pgrx::spi::SpiClient;
 use serde_json::json;
 
 use crate::backstop;
-use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
+use crate::clock::{self, statement_now, Effective, Micros, NewPair, Policy};
 use crate::error::{self, fresh};
 use crate::gucs;
 use crate::ids::SessionId;
@@ -35,6 +35,7 @@ use crate::retry_keys;
 use crate::retry_pair;
 use crate::revocation::{self, Event, Reuse};
 use crate::session_row::{self, SessionRow};
+use crate::standby::{self, Found};
 use crate::store;
 use crate::token::{self, Kind, Parsed};
 
@@ -116,10 +117,11 @@ fn identify_locked(
 pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
     let now = statement_now();
     let policy = Policy::current();
-    let session_id = fresh(token::new_session_id());
+    let session_id = fresh(token::new_session_id(clock::wall_now()));
     let (access, refresh) = new_pair_secrets();
-    let access_token = token::encode(Kind::Access, &session_id, &access);
-    let refresh_token = token::encode(Kind::Refresh, &session_id, &refresh);
+    let generation = token::FIRST_GENERATION;
+    let access_token = token::encode(Kind::Access, &session_id, generation, &access);
+    let refresh_token = token::encode(Kind::Refresh, &session_id, generation, &refresh);
     let absolute = now.saturating_add(policy.absolute_timeout);
     let deadlines = NewPair::at(now, absolute, &policy);
     probe::check_tables();
@@ -143,6 +145,7 @@ pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
                 store::bytes(&token::digest(&refresh_token)),
                 store::ts(deadlines.refresh_expires_at),
                 store::ts(absolute),
+                generation.into(),
             ],
             |_| (),
         );
@@ -207,8 +210,11 @@ pub fn validate(token: Option<&str>) -> Result<Validated, Status> {
         .ok_or(Status::Invalid)?;
     let now = statement_now();
     let policy = Policy::current();
-    let (row, data) = probe::session(&parsed.session).ok_or(Status::Invalid)?;
-    let presented = identify(&parsed, &row, probe::blacklisted).ok_or(Status::Invalid)?;
+    let Some((row, data)) = probe::session(&parsed.session) else {
+        return Err(unmatched(&parsed, Found::Nothing));
+    };
+    let presented = identify(&parsed, &row, probe::blacklisted)
+        .ok_or_else(|| unmatched(&parsed, Found::Row(&row)))?;
     let expires_at = access_status(&presented, &row, now, &policy)?;
     Ok(Validated {
         session_id: row.session_id,
@@ -218,6 +224,16 @@ pub fn validate(token: Option<&str>) -> Result<Validated, Status> {
         authenticated_at: row.authenticated_at,
         expires_at,
     })
+}
+
+/// An access token that matches nothing this server has: `invalid`, or on
+/// a hot standby perhaps `not_replayed` (rule 8).
+fn unmatched(parsed: &Parsed, found: Found<'_>) -> Status {
+    if standby::in_recovery() {
+        standby::unmatched(parsed, found, standby::Position::current())
+    } else {
+        Status::Invalid
+    }
 }
 
 pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
@@ -295,7 +311,7 @@ fn rotate(
         presented_refresh,
         &key,
         &row.session_id,
-        row.generation.saturating_add(1),
+        row.next_generation(),
     );
     write_rotation(
         client,
@@ -328,8 +344,9 @@ struct Rotation<'a> {
 /// Writes the rotation of `row` as read; `None` if the row no longer holds
 /// that pair (only possible when it was read without the row lock).
 fn write_rotation(client: &mut SpiClient<'_>, row: &SessionRow, r: Rotation<'_>) -> Option<Pair> {
-    let access_token = token::encode(Kind::Access, &row.session_id, &r.access);
-    let refresh_token = token::encode(Kind::Refresh, &row.session_id, &r.refresh);
+    let generation = row.next_generation();
+    let access_token = token::encode(Kind::Access, &row.session_id, generation, &r.access);
+    let refresh_token = token::encode(Kind::Refresh, &row.session_id, generation, &r.refresh);
     let deadlines = NewPair::at(r.now, r.absolute, r.policy);
     let reason = if r.reauth.is_some() {
         "reauthenticated"
@@ -372,9 +389,10 @@ fn retry_pair(
 ) -> Option<Pair> {
     let key = retry_keys::find(client, row.retry_key_id?, statement_now())?;
     let (access, refresh) = retry_pair::derive(parent, &key, &row.session_id, row.generation);
-    let access_token = token::encode(Kind::Access, &row.session_id, &access);
-    let refresh_token = token::encode(Kind::Refresh, &row.session_id, &refresh);
+    let access_token = token::encode(Kind::Access, &row.session_id, row.generation, &access);
+    let refresh_token = token::encode(Kind::Refresh, &row.session_id, row.generation, &refresh);
     // Only the holder of the true parent derives the true pair; check it.
+    // (No pair of 0.1.0 is ever derived again: its rows have no retry key.)
     let genuine = token::same_digest(&token::digest(&access_token), Some(&row.access_digest))
         && token::same_digest(&token::digest(&refresh_token), Some(&row.refresh_digest));
     genuine.then_some(Pair {

@@ -163,6 +163,12 @@ impl SessionRow {
         Self::read_from(row)
     }
 
+    /// The generation the next rotation of this row writes (`store::ROTATE`
+    /// sets `generation + 1`), which its tokens carry.
+    pub fn next_generation(&self) -> i32 {
+        self.generation.saturating_add(1)
+    }
+
     /// What bounds the session's life, for the deadline rules (`clock`).
     pub fn stored(&self) -> Stored {
         Stored {
@@ -172,6 +178,40 @@ impl SessionRow {
             absolute_expires_at: self.absolute_expires_at,
             access_issued_at: self.access_issued_at,
             access_expires_at: self.access_expires_at,
+        }
+    }
+}
+
+#[cfg(test)]
+impl SessionRow {
+    /// For unit tests: a session issued at 0 whose first pair (`a1`/`r1`:
+    /// the digests of those words) a refresh at `rotated` replaced with
+    /// `a2`/`r2` (generation 2), under the default settings.
+    pub fn refreshed_at(rotated: Micros) -> Self {
+        let p = crate::clock::default_policy();
+        let d = |name: &str| crate::token::digest(name).to_vec();
+        SessionRow {
+            session_id: SessionId::from_bytes([7; 16]),
+            user_id: "alice".into(),
+            auth_level: 1,
+            created_at: 0,
+            authenticated_at: 0,
+            last_refreshed_at: rotated,
+            generation: 2,
+            access_digest: d("a2"),
+            access_issued_at: rotated,
+            access_expires_at: rotated + p.access_ttl,
+            refresh_digest: d("r2"),
+            refresh_expires_at: rotated + p.idle_timeout,
+            absolute_expires_at: p.absolute_timeout,
+            parent_access_digest: Some(d("a1")),
+            parent_access_expires_at: Some(p.access_ttl),
+            parent_refresh_digest: Some(d("r1")),
+            rotated_at: Some(rotated),
+            grace_until: Some(rotated + p.refresh_grace),
+            retry_key_id: Some(1),
+            revoked_at: None,
+            parent_refresh_expires_at: Some(p.idle_timeout),
         }
     }
 }

@@ -257,7 +257,7 @@ pub static INSERT_SESSION: Stmt = Stmt {
           created_at, authenticated_at, last_refreshed_at, generation, access_digest, \
           access_issued_at, access_expires_at, refresh_digest, refresh_expires_at, \
           absolute_expires_at, purge_after) \
-          VALUES ($1, $2, $3, $4, $5, $5, $5, 1, $6, $5, $7, $8, $9, $10, greatest($7, $9))",
+          VALUES ($1, $2, $3, $4, $5, $5, $5, $11, $6, $5, $7, $8, $9, $10, greatest($7, $9))",
     args: &[
         T::UUIDOID,
         T::TEXTOID,
@@ -269,6 +269,7 @@ pub static INSERT_SESSION: Stmt = Stmt {
         T::BYTEAOID,
         T::TIMESTAMPTZOID,
         T::TIMESTAMPTZOID,
+        T::INT4OID,
     ],
     writes: true,
 };

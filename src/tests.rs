@@ -45,8 +45,8 @@ mod tests {
     #[pg_test]
     fn issue_returns_prefixed_tokens_and_stores_only_digests() {
         let (id, access, refresh) = issue("alice");
-        assert!(access.starts_with("pgsa_at_") && access.len() == 72);
-        assert!(refresh.starts_with("pgsa_rt_") && refresh.len() == 72);
+        assert!(access.starts_with("pgsa_at_") && access.len() == crate::token::TOKEN_LEN);
+        assert!(refresh.starts_with("pgsa_rt_") && refresh.len() == crate::token::TOKEN_LEN);
         let leaked: i64 = one(&format!(
             "SELECT count(*) FROM session_auth.sessions s \
              WHERE s::text LIKE '%{}%' OR s::text LIKE '%{}%'",
@@ -86,8 +86,11 @@ mod tests {
         assert_eq!(validate_status(""), "invalid");
         assert_eq!(validate_status("garbage"), "invalid");
         // Right shape, right session id, wrong secret.
-        let forged = format!("{}AAAAAAAAAAAAAAAA", &access[..56]);
-        assert_eq!(forged.len(), 72);
+        let forged = format!(
+            "{}AAAAAAAAAAAAAAAA",
+            &access[..crate::token::TOKEN_LEN - 16]
+        );
+        assert_eq!(forged.len(), crate::token::TOKEN_LEN);
         assert_eq!(validate_status(&forged), "invalid");
         let null: String = one("SELECT status FROM session_validate(NULL)");
         assert_eq!(null, "invalid");

@@ -2,11 +2,25 @@
 //!
 //! A token is `<prefix><body>` where the prefix names its kind (`pgsa_at_`
 //! for access, `pgsa_rt_` for refresh) and the body is unpadded base64url of
-//! the 16-byte session id followed by 32 bytes from the operating system's
-//! CSPRNG. Carrying the session id lets every check start with one primary-key
-//! probe; the 256 random bits are the secret. Only `SHA-256(token)` is ever
-//! stored: the random part makes a dictionary attack on the digest pointless,
-//! so no key is needed for it.
+//!
+//! ```text
+//! session id (16 bytes) || generation (4 bytes, big-endian) || secret (32 bytes)
+//! ```
+//!
+//! The 32 bytes come from the operating system's CSPRNG (or, for a refresh,
+//! are derived from such bytes, see `retry_pair`) and are the secret.
+//! Carrying the session id lets every check start with one primary-key
+//! probe; carrying the pair's generation lets a hot standby tell a token
+//! newer than what it has replayed from one that was never issued (rule 8
+//! of docs/design.md). Neither is secret: the holder of a token knows its
+//! session anyway. Only `SHA-256(token)` is ever stored, and the digest
+//! covers the generation too, so changing it makes a token that matches
+//! nothing. The random part makes a dictionary attack on the digest
+//! pointless, so no key is needed for it.
+//!
+//! Tokens of 0.1.0 (`LEGACY_TOKEN_LEN`: no generation) stay valid: they are
+//! parsed with `generation: None` and checked against their digests like any
+//! other; a session's next rotation hands out the current format.
 //!
 //! Parsing is purely syntactic and looks at the length first, so a megabyte of
 //! garbage is rejected before anything is decoded or hashed.
@@ -18,16 +32,27 @@ use rand::RngCore;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::clock::{self, Micros};
 use crate::ids::SessionId;
 
 pub const SECRET_LEN: usize = 32;
 pub const SESSION_ID_LEN: usize = 16;
-const BODY_BYTES: usize = SESSION_ID_LEN + SECRET_LEN;
-/// base64url without padding of 48 bytes.
-const BODY_CHARS: usize = BODY_BYTES / 3 * 4;
+const GENERATION_LEN: usize = 4;
+const BODY_BYTES: usize = SESSION_ID_LEN + GENERATION_LEN + SECRET_LEN;
+const LEGACY_BODY_BYTES: usize = SESSION_ID_LEN + SECRET_LEN;
 const PREFIX_LEN: usize = 8;
-/// Every well-formed token has exactly this many characters.
-pub const TOKEN_LEN: usize = PREFIX_LEN + BODY_CHARS;
+/// Every well-formed token has exactly this many characters (unpadded
+/// base64 of `BODY_BYTES`).
+pub const TOKEN_LEN: usize = PREFIX_LEN + base64_len(BODY_BYTES);
+/// ... or, made by 0.1.0, this many.
+pub const LEGACY_TOKEN_LEN: usize = PREFIX_LEN + base64_len(LEGACY_BODY_BYTES);
+/// A session's first pair; each rotation adds one.
+pub const FIRST_GENERATION: i32 = 1;
+
+/// Characters of unpadded base64 for `bytes` bytes.
+const fn base64_len(bytes: usize) -> usize {
+    (bytes * 4).div_ceil(3)
+}
 
 pub type Secret = [u8; SECRET_LEN];
 pub type Digest = [u8; 32];
@@ -61,6 +86,10 @@ impl Kind {
 pub struct Parsed {
     pub kind: Kind,
     pub session: SessionId,
+    /// The generation of the pair the token claims to belong to; `None` for
+    /// a token of 0.1.0. A claim only: it is covered by the digest, which
+    /// alone says whether the token was issued.
+    pub generation: Option<i32>,
     pub digest: Digest,
 }
 
@@ -77,14 +106,32 @@ pub fn new_secret() -> Result<Secret, rand::Error> {
     random_bytes()
 }
 
-pub fn new_session_id() -> Result<SessionId, rand::Error> {
-    random_bytes().map(SessionId::random_from)
+/// A new session's id, dated `now` (see `SessionId`).
+pub fn new_session_id(now: Micros) -> Result<SessionId, rand::Error> {
+    random_bytes().map(|random| SessionId::dated(clock::unix_millis(now), random))
 }
 
-pub fn encode(kind: Kind, session: &SessionId, secret: &Secret) -> String {
+/// The token of generation `generation` of `session` with `secret`.
+pub fn encode(kind: Kind, session: &SessionId, generation: i32, secret: &Secret) -> String {
     let mut body = [0u8; BODY_BYTES];
+    let (id, rest) = body.split_at_mut(SESSION_ID_LEN);
+    let (gen, secret_part) = rest.split_at_mut(GENERATION_LEN);
+    id.copy_from_slice(session.as_bytes());
+    gen.copy_from_slice(&generation.to_be_bytes());
+    secret_part.copy_from_slice(secret);
+    with_prefix(kind, &body)
+}
+
+/// The token as 0.1.0 wrote it (no generation), for tests.
+#[cfg(test)]
+pub fn encode_legacy(kind: Kind, session: &SessionId, secret: &Secret) -> String {
+    let mut body = [0u8; LEGACY_BODY_BYTES];
     body[..SESSION_ID_LEN].copy_from_slice(session.as_bytes());
     body[SESSION_ID_LEN..].copy_from_slice(secret);
+    with_prefix(kind, &body)
+}
+
+fn with_prefix(kind: Kind, body: &[u8]) -> String {
     let mut token = String::with_capacity(TOKEN_LEN);
     token.push_str(kind.prefix());
     URL_SAFE_NO_PAD.encode_string(body, &mut token);
@@ -96,11 +143,14 @@ pub fn digest(token: &str) -> Digest {
 }
 
 /// Recognises a token of the expected kind; `None` for anything else
-/// (wrong length, wrong prefix, wrong kind, bad characters).
+/// (wrong length, wrong prefix, wrong kind, bad characters, a generation
+/// out of range).
 pub fn parse(token: &str, expected: Option<Kind>) -> Option<Parsed> {
-    if token.len() != TOKEN_LEN {
-        return None;
-    }
+    let body_bytes = match token.len() {
+        TOKEN_LEN => BODY_BYTES,
+        LEGACY_TOKEN_LEN => LEGACY_BODY_BYTES,
+        _ => return None,
+    };
     let kind = if token.starts_with(Kind::Access.prefix()) {
         Kind::Access
     } else if token.starts_with(Kind::Refresh.prefix()) {
@@ -115,14 +165,26 @@ pub fn parse(token: &str, expected: Option<Kind>) -> Option<Parsed> {
     let n = URL_SAFE_NO_PAD
         .decode_slice(&token.as_bytes()[PREFIX_LEN..], &mut body)
         .ok()?;
-    if n != BODY_BYTES {
+    if n != body_bytes {
         return None;
     }
     let mut session = [0u8; SESSION_ID_LEN];
     session.copy_from_slice(&body[..SESSION_ID_LEN]);
+    let generation = if body_bytes == BODY_BYTES {
+        let mut gen = [0u8; GENERATION_LEN];
+        gen.copy_from_slice(&body[SESSION_ID_LEN..SESSION_ID_LEN + GENERATION_LEN]);
+        let generation = i32::from_be_bytes(gen);
+        if generation < FIRST_GENERATION {
+            return None; // never issued
+        }
+        Some(generation)
+    } else {
+        None
+    };
     Some(Parsed {
         kind,
         session: SessionId::from_bytes(session),
+        generation,
         digest: digest(token),
     })
 }
@@ -139,10 +201,13 @@ pub fn same_digest(presented: &Digest, stored: Option<&[u8]>) -> bool {
 mod unit_tests {
     use super::*;
 
+    /// 2026-11-30, as a PostgreSQL time.
+    const NOW: Micros = 849_312_000 * clock::SECOND;
+
     fn sample(kind: Kind) -> (SessionId, Secret, String) {
-        let session = new_session_id().unwrap();
+        let session = new_session_id(NOW).unwrap();
         let secret = new_secret().unwrap();
-        let token = encode(kind, &session, &secret);
+        let token = encode(kind, &session, 7, &secret);
         (session, secret, token)
     }
 
@@ -164,7 +229,38 @@ mod unit_tests {
         let parsed = parse(&token, Some(Kind::Refresh)).unwrap();
         assert_eq!(parsed.session, session);
         assert_eq!(parsed.kind, Kind::Refresh);
+        assert_eq!(parsed.generation, Some(7));
         assert_eq!(parsed.digest, digest(&token));
+        assert_eq!(session.issued_unix_ms(), Some(clock::unix_millis(NOW)));
+    }
+
+    #[test]
+    fn tokens_of_0_1_0_still_parse_without_a_generation() {
+        let session = SessionId::from_bytes([3; 16]);
+        let secret = new_secret().unwrap();
+        let legacy = encode_legacy(Kind::Access, &session, &secret);
+        assert_eq!(legacy.len(), LEGACY_TOKEN_LEN);
+        assert_eq!(LEGACY_TOKEN_LEN, 72, "0.1.0's length");
+        let parsed = parse(&legacy, Some(Kind::Access)).unwrap();
+        assert_eq!((parsed.session, parsed.generation), (session, None));
+        assert_eq!(parsed.digest, digest(&legacy));
+        let current = encode(Kind::Access, &session, 1, &secret);
+        assert_ne!(digest(&current), digest(&legacy), "a different token");
+    }
+
+    #[test]
+    fn the_generation_is_covered_by_the_digest_and_never_below_the_first() {
+        let session = SessionId::from_bytes([5; 16]);
+        let secret = [9; SECRET_LEN];
+        let one = encode(Kind::Access, &session, 1, &secret);
+        let two = encode(Kind::Access, &session, 2, &secret);
+        assert_ne!(digest(&one), digest(&two));
+        for never_issued in [0, -1, i32::MIN] {
+            let t = encode(Kind::Access, &session, never_issued, &secret);
+            assert!(parse(&t, None).is_none(), "generation {never_issued}");
+        }
+        let last = encode(Kind::Access, &session, i32::MAX, &secret);
+        assert_eq!(parse(&last, None).unwrap().generation, Some(i32::MAX));
     }
 
     #[test]
@@ -188,9 +284,10 @@ mod unit_tests {
         let a = new_secret().unwrap();
         let b = new_secret().unwrap();
         assert_ne!(a, b);
-        let id = new_session_id().unwrap();
-        assert_eq!(id.as_bytes()[6] >> 4, 4, "uuid version 4");
-        assert_eq!(id.as_bytes()[8] >> 6, 2, "uuid variant 1");
+        let (a, b) = (new_session_id(NOW).unwrap(), new_session_id(NOW).unwrap());
+        assert_ne!(a, b, "74 random bits beside the same millisecond");
+        assert_eq!(a.as_bytes()[6] >> 4, 7, "uuid version 7");
+        assert_eq!(a.as_bytes()[8] >> 6, 2, "uuid variant 1");
     }
 
     #[test]

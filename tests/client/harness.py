@@ -180,6 +180,43 @@ def own_cluster(request):
     assert not crashed, f"a backend crashed: {crashed[:3]}"
 
 
+@pytest.fixture
+def own_standby():
+    """start(primary, conf...) -> Cluster: a streaming hot standby of
+    `primary` made with `pg_basebackup -R -X stream` (so it preloads the
+    library as its primary does), with `conf` lines added; stopped and
+    removed when the test ends."""
+    started = []
+
+    def start(primary: Cluster, *conf):
+        sdir = Path(f"/tmp/pg_session_auth_standby_{os.getpid()}_{len(started)}")
+        shutil.rmtree(sdir, ignore_errors=True)
+        sdir.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(sdir, "postgres", "postgres")
+        backup = [f"{pg_bindir()}/pg_basebackup", "-h", str(primary.dir), "-p", str(primary.port),
+                  "-U", "postgres", "-D", str(sdir / "data"), "-R", "-X", "stream", "-c", "fast"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *backup] if os.geteuid() == 0 else backup,
+                       check=True)
+        with open(sdir / "data" / "postgresql.conf", "a") as f:
+            f.write("\n".join([f"unix_socket_directories = '{sdir}'", "hot_standby = on", *conf, ""]))
+        standby = Cluster(sdir, port=primary.port)
+        started.append(standby)
+        pg_ctl(standby, "start")
+        return standby
+
+    yield start
+    crashed = []
+    for standby in started:
+        for conn in standby.connections:
+            conn.close()
+        pg_ctl(standby, "-m", "fast", "stop", check=False)
+        if standby.log_path.exists():
+            crashed += crash_lines(standby.log_text())
+        shutil.rmtree(standby.dir, ignore_errors=True)
+    assert not crashed, f"a standby's backend crashed: {crashed[:3]}"
+
+
 def pg_ctl(c: Cluster, *args, check=True, timeout=60):
     """pg_ctl against a cluster, as its owner; returns the CompletedProcess."""
     cmd = [f"{pg_bindir()}/pg_ctl", "-D", str(c.dir / "data"), "-l", str(c.log_path), "-w", "-t", str(timeout), *args]

@@ -5,7 +5,7 @@ A reader (a role with pg_read_all_data, a pg_dump file, a base backup) holds
 every row of every table but no token. The adversarial review of 0.1.0
 rebuilt live pairs from rows alone: 0.1.0 wrapped the retry pair under
 HMAC-SHA-256 keyed with the parent refresh token, and HMAC replaces a key
-longer than 64 bytes (a token is 72) by its SHA-256, the very digest stored
+longer than 64 bytes (a token is 72 or 78) by its SHA-256, the very digest stored
 in `sessions.parent_refresh_digest`.
 
 `rebuilt_pairs` runs both constructions, with every stored byte string in
@@ -30,8 +30,11 @@ V1_LABEL = b"pg_session_auth retry pair "
 V2_INFO = b"pg_session_auth retry pair v2"
 
 
-def token(prefix, session_id: bytes, secret: bytes) -> str:
-    return prefix + base64.urlsafe_b64encode(session_id + secret).rstrip(b"=").decode()
+def token(prefix, session_id: bytes, secret: bytes, generation=None) -> str:
+    """The token format (src/token.rs): session id || generation (4 bytes,
+    big-endian) || secret; 0.1.0's, without the generation, when it is None."""
+    claim = b"" if generation is None else int(generation).to_bytes(4, "big")
+    return prefix + base64.urlsafe_b64encode(session_id + claim + secret).rstrip(b"=").decode()
 
 
 def digest(tok: str) -> bytes:
@@ -126,8 +129,10 @@ def rebuilt_pairs(db, extra_secrets=(), session_ids=None) -> list:
         want_access, want_refresh = bytes(row["access_digest"]), bytes(row["refresh_digest"])
 
         def matches(access_secret, refresh_secret):
-            return (digest(token(ACCESS, sid, access_secret)) == want_access
-                    or digest(token(REFRESH, sid, refresh_secret)) == want_refresh)
+            # Either format: the row's generation, or none (0.1.0).
+            return any(digest(token(ACCESS, sid, access_secret, g)) == want_access
+                       or digest(token(REFRESH, sid, refresh_secret, g)) == want_refresh
+                       for g in (row["generation"], None))
 
         wrapped = row.get("retry_pair")
         if wrapped is not None and len(bytes(wrapped)) == 88:
@@ -186,7 +191,7 @@ def derives_pair(keys, parent: str, session_id: bytes, generation: int, access_t
     `access_token` from `parent` (v2 construction)."""
     info = V2_INFO + session_id + generation.to_bytes(4, "big")
     return [k for k in keys
-            if token(ACCESS, session_id, hkdf(k, parent.encode(), info, 64)[:32]) == access_token]
+            if token(ACCESS, session_id, hkdf(k, parent.encode(), info, 64)[:32], generation) == access_token]
 
 
 def windows(data: bytes, width=32):

@@ -165,8 +165,9 @@ def derives(db, parent, pair, session_id):
     derives `pair`, a pair that is no longer current."""
     sid = session_id.bytes
     keys = [k for k in stored_byte_strings(db, [session_id]) if len(k) == 32]
-    info = V2_INFO + sid + (2).to_bytes(4, "big")
-    return any(token(ACCESS, sid, hkdf(k, parent.encode(), info, 64)[:32]) == pair["access_token"]
+    generation = 2
+    info = V2_INFO + sid + generation.to_bytes(4, "big")
+    return any(token(ACCESS, sid, hkdf(k, parent.encode(), info, 64)[:32], generation) == pair["access_token"]
                for k in keys)
 
 

@@ -5,21 +5,17 @@ during recovery`: an "internal error" for a client that merely talked to a
 replica. The contract says `25006` (PostgreSQL's read-only error), and that
 the reading functions answer from what the standby has replayed.
 
-`not_replayed` / `SA006` for tokens the standby has not replayed yet is
-issue 16 and not tested here.
+`not_replayed` / `SA006` for tokens the standby has not replayed yet, and
+promotion, are tests/client/test_replica.py.
 """
 
-import os
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
 import sa
-from harness import Cluster, pg_bindir, pg_ctl, wait_until
+from harness import wait_until
 
 WRITERS = [
     ("session_issue", "SELECT * FROM session_issue('standby-new')", []),
@@ -33,33 +29,11 @@ WRITERS = [
 ]
 
 
-def as_postgres(cmd):
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
 @pytest.fixture
-def standby(own_cluster):
+def standby(own_cluster, own_standby):
     primary = own_cluster()
     primary.connect().execute("CREATE EXTENSION pg_session_auth")
-    sdir = Path(f"/tmp/pg_session_auth_standby_{os.getpid()}")
-    shutil.rmtree(sdir, ignore_errors=True)
-    sdir.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(sdir, "postgres", "postgres")
-    subprocess.run(as_postgres([f"{pg_bindir()}/pg_basebackup", "-h", str(primary.dir),
-                                "-p", str(primary.port), "-U", "postgres", "-D", str(sdir / "data"),
-                                "-R", "-X", "stream", "-c", "fast"]), check=True)
-    with open(sdir / "data" / "postgresql.conf", "a") as conf:
-        conf.write(f"\nunix_socket_directories = '{sdir}'\nhot_standby = on\n")
-    replica = Cluster(sdir, port=primary.port)
-    pg_ctl(replica, "start")
-    try:
-        yield primary, replica
-    finally:
-        for conn in replica.connections:
-            conn.close()
-        pg_ctl(replica, "-m", "fast", "stop", check=False)
-        shutil.rmtree(sdir, ignore_errors=True)
+    return primary, own_standby(primary)
 
 
 def test_writing_functions_on_a_standby_raise_25006_and_reading_ones_answer(standby):

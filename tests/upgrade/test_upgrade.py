@@ -237,6 +237,9 @@ def test_4_after_the_update_every_session_answers_as_before(upgraded_cluster):
         ("ok", "alice@upgrade", {"roles": ["editor"], "n": 1.50}, 2)
     r = sa.refresh(db, a["refresh_token"])
     assert r["status"] == "ok" and sa.validate(db, r["access_token"])["status"] == "ok"
+    # The old release's tokens (72 characters) stay valid; the rotation hands
+    # out the current format, which carries the pair's generation.
+    assert (len(a["access_token"]), len(r["access_token"])) == (72, 78)
 
     b0, b1 = w["in_grace"]
     # The old release's wrapped retry pair is gone with the update (it was

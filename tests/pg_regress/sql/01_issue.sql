@@ -16,12 +16,19 @@ SELECT * FROM session_issue('alice@issue') \gdesc
 SELECT *, statement_timestamp() AS issued_at
 FROM session_issue('alice@issue', '{"roles": ["admin"], "device": "laptop"}', 2) \gset
 
-SELECT :'session_id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$'
-    AS session_id_is_a_v4_uuid;
+-- The session id is a version-7 uuid: its first 48 bits are the time of
+-- issue in Unix milliseconds, the rest random. (The time is what lets a hot
+-- standby tell a session it has not replayed yet from one never issued.)
+SELECT :'session_id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$'
+    AS session_id_is_a_v7_uuid,
+       to_timestamp(('x' || left(replace(:'session_id', '-', ''), 12))::bit(48)::bigint / 1000.0)
+           BETWEEN :'issued_at'::timestamptz - interval '1 second' AND clock_timestamp()
+    AS dated_when_issued;
 
 -- Tokens have a fixed prefix per kind (so a token pasted in the wrong
 -- place is recognisable and secret scanners can match them), a fixed
--- length, and only cookie- and URL-safe characters.
+-- length (the session id, the generation of the pair and 256 random bits,
+-- in base64url), and only cookie- and URL-safe characters.
 SELECT left(:'access_token', 8) AS access_prefix,
        length(:'access_token') AS access_length,
        :'access_token' ~ '^[A-Za-z0-9_-]+$' AS access_url_safe,
