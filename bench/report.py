@@ -184,6 +184,99 @@ def replica_share(runs, meta):
     return share, detail
 
 
+def per_session(fp, key):
+    live = int(fp.get("live") or 0)
+    return int(fp[key]) / live if live and fp.get(key, "").isdigit() else None
+
+
+def footprint_rows(w, meta):
+    fp = kv(meta.get("footprint"))
+    if not fp:
+        for what, goal in (("the sessions table with its indexes", 300),
+                           ("every relation of the extension but `events`", 450)):
+            w(f"| bytes per live session at rest, {what} | n/a | ≤ {goal} B | not run |")
+        return
+    b = lambda x: "n/a" if x is None else f"{x:,.0f} B"
+    how = f"{int(fp['n']):,} sessions rotated once, grace over, `VACUUM FULL`"
+    x = per_session(fp, "sessions")
+    w(f"| bytes per live session at rest, the sessions table with its indexes ({how}) | {b(x)} "
+      f"| ≤ 300 B | {verdict(x, 300, False)} |")
+    x = per_session(fp, "all")
+    w(f"| bytes per live session at rest, every relation of the extension but `events` "
+      f"({fp.get('relations', '?')} tables with their indexes and TOAST) | {b(x)} | ≤ 450 B "
+      f"| {verdict(x, 450, False)} |")
+    w(f"| the floor at rest: its table with its primary key, per row | "
+      f"{b(per_session(fp, 'floor'))} | | for comparison |")
+
+
+def wal_per_refresh(d):
+    tx = int(d.get("tx") or 0)
+    return int(d["bytes"]) / tx if tx else None
+
+
+def fpi_share(d):
+    b = int(d.get("bytes") or 0)
+    return f"{100 * int(d['fpi']) / b:.1f} %" if b and d.get("fpi", "").isdigit() else "n/a"
+
+
+def wal_rows(w, meta):
+    if meta.get("wal") != "ran":
+        w(f"| WAL bytes per refresh in steady state, ext / floor | n/a | ≤ 2× | "
+          f"{meta.get('wal', 'not run')} |")
+        return
+    e, f = kv(meta.get("wal_ext")), kv(meta.get("wal_floor"))
+    be, bf = wal_per_refresh(e), wal_per_refresh(f)
+    r = ratio(be, bf)
+    w(f"| WAL bytes per refresh in steady state (no checkpoint in the window), ext / floor "
+      f"| {fx(r)} ({fnum(be)} / {fnum(bf)} B) | ≤ 2× | {verdict(r, 2.0, False)}; "
+      f"full-page images: ext {fpi_share(e)}, floor {fpi_share(f)} of the bytes |")
+
+
+def footprint_wal_section(w, meta):
+    fp = kv(meta.get("footprint"))
+    if not fp and meta.get("wal") != "ran":
+        return
+    w("## Footprint and WAL")
+    w("")
+    if fp:
+        p = lambda k: f"{per_session(fp, k):,.0f}" if per_session(fp, k) is not None else "n/a"
+        idx = (int(fp["sessions"]) - int(fp["sessions_heap"])) / max(int(fp["live"]), 1)
+        rest = (int(fp["all"]) - int(fp["sessions"]) - int(fp["blacklist"])) / max(int(fp["live"]), 1)
+        w(f"At rest (`bench/footprint.sql`, a fresh database, {meta.get('footprint_seconds', '?')} s): "
+          f"{int(fp['n']):,} sessions issued with 20-byte user ids and `{{}}` data, "
+          f"{int(fp['rotated']):,} rotated once with `refresh_grace = 1s`, the grace waited out, a "
+          f"purge pass, `VACUUM FULL` of the extension's tables; {int(fp['live']):,} live. Bytes per "
+          f"live session: sessions {p('sessions')} (heap {p('sessions_heap')}, indexes {idx:,.0f}), "
+          f"blacklist {p('blacklist')}, the other {int(fp['relations']) - 2} relations {rest:,.0f}; "
+          f"together {p('all')}. Not counted: `events` {p('events')} (one `issued` row per session). "
+          f"The floor: {p('floor')} per row (heap {p('floor_heap')}).")
+        w("")
+    if meta.get("wal") == "ran":
+        w(f"WAL per refresh ({meta.get('wal_setup', '?')}; the window is the WAL insert position "
+          "around the measured pgbench run, divided by its transactions; full-page images and "
+          "records from `pg_walinspect` over the same window):")
+        w("")
+        w("| system | refreshes in the window | tps | WAL bytes / refresh | of which full-page images "
+          "| without them, bytes / refresh | WAL records / refresh | commit records "
+          "| checkpoints | non-ok |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for sys in ("ext", "floor"):
+            d = kv(meta.get(f"wal_{sys}"))
+            tx = int(d.get("tx") or 0)
+            has = d.get("fpi", "").isdigit() and tx
+            cells = [sys, f"{tx:,}", fnum(float(d.get("tps") or "nan")), fnum(wal_per_refresh(d)),
+                     fpi_share(d)]
+            if has:
+                cells += [fnum((int(d["bytes"]) - int(d["fpi"])) / tx),
+                          fnum(int(d["records"]) / tx, 1), f"{int(d['commits']):,}",
+                          d.get("checkpoints", "n/a")]
+            else:
+                cells += ["n/a"] * 4
+            cells.append(d.get("bad", "?"))
+            w("| " + " | ".join(cells) + " |")
+        w("")
+
+
 def cmd_table(args):
     runs, meta = load(args[0], args[1])
     size = int(meta.get("size", "0"))
@@ -267,6 +360,17 @@ def cmd_table(args):
         w(f"| validate p99 during purge / without | {fx(r)} | ≤ 2× | {verdict(r, 2.0, False)} |")
     else:
         w(f"| validate p99 during purge / without | n/a | ≤ 2× | {meta.get('purge', 'not run')} |")
+    footprint_rows(w, meta)
+    wal_rows(w, meta)
+    if meta.get("commitdelay") == "ran":
+        on, off = g("commitdelay_on"), g("commitdelay_off")
+        r = ratio(tps("commitdelay_on"), tps("commitdelay_off"))
+        w(f"| ext refresh throughput with `commit_delay = 10` (µs), `commit_siblings = 2` / "
+          f"without | {fx(r)} ({fnum(tps('commitdelay_on'))} / {fnum(tps('commitdelay_off'))} tps) "
+          f"| | reported; p50 {fms(on, 'p50')} / {fms(off, 'p50')} ms |")
+    else:
+        w("| ext refresh throughput with `commit_delay = 10`, `commit_siblings = 2` / without "
+          "| n/a | | not run |")
     w("")
 
     # Main workloads.
@@ -348,6 +452,8 @@ def cmd_table(args):
     else:
         w(f"Purge: {meta.get('purge', 'not run')}.")
     w("")
+
+    footprint_wal_section(w, meta)
 
     # Replica.
     if meta.get("replica") == "ran":

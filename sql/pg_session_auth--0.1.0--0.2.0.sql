@@ -2,8 +2,8 @@
 --
 -- Runs in one transaction (ALTER EXTENSION ... UPDATE): if any step fails,
 -- the database stays at 0.1.0. Sessions, tokens, blacklist entries and
--- events are kept; tokens issued by 0.1.0 keep their meaning (the token
--- format and the digests are the same).
+-- events are kept; tokens issued by 0.1.0 keep their meaning (their format
+-- is still read, and their stored digests are cut to the 16 bytes kept now).
 --
 -- What changes (docs/security.md says why):
 -- * The wrapped retry pairs go (sessions.retry_pair): a database reader could
@@ -12,6 +12,8 @@
 --   rotation made by 0.1.0 answers 'expired' after the update.
 -- * The retry keys are emptied, and the table becomes UNLOGGED and is no
 --   longer dumped.
+-- * Digests are the first 16 bytes of SHA-256 (src/token.rs, DIGEST_LEN):
+--   the stored ones are cut to that, in the sessions and the blacklist.
 -- * Capped logins lock rows of session_auth.login_locks, not an advisory lock.
 -- * Every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp.
 -- * session_event(id) confirms the event a NOTIFY names; session_require and
@@ -26,6 +28,14 @@
 -- Sessions: no more wrapped pairs. Dropping the column erases them at once.
 ALTER TABLE session_auth.sessions DROP COLUMN retry_pair;
 ALTER TABLE session_auth.sessions ADD COLUMN retry_key_id bigint;
+
+-- Digests: the first 16 bytes of what 0.1.0 stored (the whole SHA-256).
+UPDATE session_auth.sessions SET
+    access_digest = pg_catalog.substr(access_digest, 1, 16),
+    refresh_digest = pg_catalog.substr(refresh_digest, 1, 16),
+    parent_access_digest = pg_catalog.substr(parent_access_digest, 1, 16),
+    parent_refresh_digest = pg_catalog.substr(parent_refresh_digest, 1, 16);
+UPDATE session_auth.blacklist SET digest = pg_catalog.substr(digest, 1, 16);
 
 -- Retry keys: emptied, unlogged, out of pg_dump. A table leaves the dumped
 -- set only by leaving the extension, so it is dropped and made again.

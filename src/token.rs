@@ -13,10 +13,11 @@
 //! probe; carrying the pair's generation lets a hot standby tell a token
 //! newer than what it has replayed from one that was never issued (rule 8
 //! of docs/design.md). Neither is secret: the holder of a token knows its
-//! session anyway. Only `SHA-256(token)` is ever stored, and the digest
-//! covers the generation too, so changing it makes a token that matches
-//! nothing. The random part makes a dictionary attack on the digest
-//! pointless, so no key is needed for it.
+//! session anyway. Only a digest is ever stored (the first 128 bits of
+//! `SHA-256(token)`: `DIGEST_LEN` says why that is enough), and it covers
+//! the generation too, so changing it makes a token that matches nothing.
+//! The random part makes a dictionary attack on the digest pointless, so no
+//! key is needed for it.
 //!
 //! Tokens of 0.1.0 (`LEGACY_TOKEN_LEN`: no generation) stay valid: they are
 //! parsed with `generation: None` and checked against their digests like any
@@ -55,7 +56,15 @@ const fn base64_len(bytes: usize) -> usize {
 }
 
 pub type Secret = [u8; SECRET_LEN];
-pub type Digest = [u8; 32];
+/// What is stored of a token: the first 16 bytes (128 bits) of its SHA-256.
+/// A token's 32 secret bytes are uniformly random, so finding another string
+/// with a stored digest is a second-preimage search of 2^128 (2^98 against a
+/// billion stored digests at once); collisions, at 2^64, would need the
+/// attacker to choose both tokens, and the server chooses every one. Half
+/// the bytes per stored digest, in the session row, the blacklist and its
+/// index (docs/security.md, "What is stored").
+pub const DIGEST_LEN: usize = 16;
+pub type Digest = [u8; DIGEST_LEN];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -139,7 +148,10 @@ fn with_prefix(kind: Kind, body: &[u8]) -> String {
 }
 
 pub fn digest(token: &str) -> Digest {
-    Sha256::digest(token.as_bytes()).into()
+    let full: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let mut digest = [0u8; DIGEST_LEN];
+    digest.copy_from_slice(&full[..DIGEST_LEN]);
+    digest
 }
 
 /// Recognises a token of the expected kind; `None` for anything else
@@ -295,7 +307,20 @@ mod unit_tests {
         let d = digest("x");
         assert!(same_digest(&d, Some(&d[..])));
         assert!(!same_digest(&d, Some(&digest("y")[..])));
-        assert!(!same_digest(&d, Some(&d[..31])));
+        assert!(!same_digest(&d, Some(&d[..DIGEST_LEN - 1])));
         assert!(!same_digest(&d, None));
+    }
+
+    #[test]
+    fn the_digest_is_the_first_128_bits_of_sha256() {
+        // SHA-256("abc"), FIPS 180-2 appendix B.1: ba7816bf 8f01cfea 414140de 5dae2223 ...
+        let expected = [
+            0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae,
+            0x22, 0x23,
+        ];
+        assert_eq!(digest("abc"), expected);
+        // A full 32-byte digest of 0.1.0 is no digest now.
+        let full: [u8; 32] = Sha256::digest(b"abc").into();
+        assert!(!same_digest(&digest("abc"), Some(&full[..])));
     }
 }

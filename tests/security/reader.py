@@ -38,7 +38,9 @@ def token(prefix, session_id: bytes, secret: bytes, generation=None) -> str:
 
 
 def digest(tok: str) -> bytes:
-    return hashlib.sha256(tok.encode()).digest()
+    """What the extension stores of a token: the first 16 bytes of its
+    SHA-256 (src/token.rs, DIGEST_LEN)."""
+    return hashlib.sha256(tok.encode()).digest()[:16]
 
 
 def hkdf(salt: bytes, ikm: bytes, info: bytes, length: int) -> bytes:

@@ -43,7 +43,7 @@ FUNCTIONS_NO_ARGS = ["now", "statement_timestamp", "clock_timestamp", "transacti
 # included) calls, and a few it might.
 FUNCTIONS = [
     "format", "concat_ws", "concat", "string_agg", "quote_ident", "quote_literal", "hashtext",
-    "pg_notify", "pg_notification_queue_usage", "make_interval", "sha256", "uuid_send", "encode",
+    "pg_notify", "pg_notification_queue_usage", "make_interval", "sha256", "substr", "uuid_send", "encode",
     "pg_stat_get_dead_tuples", "pg_stat_get_vacuum_count", "has_schema_privilege",
     "has_function_privilege", "to_regnamespace", "current_schema", "generate_series", "octet_length",
     "nextval", "jsonb_build_object", "to_jsonb", "jsonb_object_agg", "count", "array_agg", "unnest",

@@ -53,9 +53,12 @@ WHERE r LIKE '%' || :'access_token' || '%'
    OR r LIKE '%' || substr(:'access_token', 30) || '%'
    OR r LIKE '%' || substr(:'refresh_token', 30) || '%';
 
--- What is stored for a token is its SHA-256 digest.
-SELECT access_digest = sha256(convert_to(:'access_token', 'UTF8')) AS access_digest_is_sha256,
-       refresh_digest = sha256(convert_to(:'refresh_token', 'UTF8')) AS refresh_digest_is_sha256
+-- What is stored for a token is its digest: the first 16 bytes (128 bits)
+-- of its SHA-256, plenty for 256 random bits (docs/security.md).
+SELECT access_digest = substr(sha256(convert_to(:'access_token', 'UTF8')), 1, 16)
+           AS access_digest_is_sha256_128,
+       refresh_digest = substr(sha256(convert_to(:'refresh_token', 'UTF8')), 1, 16)
+           AS refresh_digest_is_sha256_128
 FROM session_auth.sessions WHERE session_id = :'session_id';
 
 -- The session as the application sees it.
