@@ -50,12 +50,33 @@ CREATE FUNCTION bench.session_data() RETURNS jsonb LANGUAGE sql IMMUTABLE
     AS $$ SELECT '{"roles": ["user"], "tenant": 42}'::jsonb $$;
 
 -- The extension's token format (src/token.rs): prefix || base64url without
--- padding of (16-byte session uuid || 32 random bytes): 8 + 64 characters.
--- 48 bytes encode to exactly 64 base64 characters: no padding, no newline.
-CREATE FUNCTION bench.ext_token(prefix text, session_id uuid) RETURNS text
+-- padding of (16-byte session uuid || 4-byte generation, 1 here || 32 random
+-- bytes): 8 + 70 characters; 0.1.0's had no generation (8 + 64). The
+-- installed build says which it makes (a --rev build can be older than this
+-- file): see bench.ext_format.
+CREATE FUNCTION bench.ext_token(prefix text, session_id uuid, with_generation bool) RETURNS text
 LANGUAGE sql VOLATILE AS $$
-    SELECT prefix || translate(encode(uuid_send(session_id) || gen_random_bytes(32), 'base64'),
-                               '+/', '-_')
+    SELECT prefix || rtrim(translate(encode(
+               uuid_send(session_id)
+               || CASE WHEN with_generation THEN '\x00000001'::bytea ELSE ''::bytea END
+               || gen_random_bytes(32), 'base64'), '+/', '-_'), '=')
+$$;
+
+-- What the installed build makes, read off one session it issues (then
+-- removed): whether its tokens carry the generation, and how many bytes of
+-- SHA-256 it stores per token (32 before 0.2.0's cut to 16).
+CREATE FUNCTION bench.ext_format(OUT with_generation bool, OUT digest_len int)
+LANGUAGE plpgsql AS $$
+DECLARE
+    probe record;
+BEGIN
+    SELECT * INTO probe FROM session_issue('bench-format-probe');
+    with_generation := length(probe.access_token) = 78;
+    SELECT octet_length(access_digest) INTO digest_len
+      FROM session_auth.sessions WHERE session_id = probe.session_id;
+    DELETE FROM session_auth.events WHERE session_id = probe.session_id;
+    DELETE FROM session_auth.sessions WHERE session_id = probe.session_id;
+END
 $$;
 
 -- Sessions id lo..hi of the extension, written straight into its table with
@@ -68,19 +89,22 @@ DECLARE
     access_ttl interval := current_setting('session_auth.access_ttl')::interval;
     idle      interval := current_setting('session_auth.idle_timeout')::interval;
     absolute  interval := current_setting('session_auth.absolute_timeout')::interval;
+    fmt       record := bench.ext_format();
 BEGIN
     CREATE TEMP TABLE stage ON COMMIT DROP AS
         SELECT i AS id, sid,
-               bench.ext_token('pgsa_at_', sid) AS access,
-               bench.ext_token('pgsa_rt_', sid) AS refresh
+               bench.ext_token('pgsa_at_', sid, fmt.with_generation) AS access,
+               bench.ext_token('pgsa_rt_', sid, fmt.with_generation) AS refresh
           FROM (SELECT i, gen_random_uuid() AS sid FROM generate_series(lo, hi) i) g;
     INSERT INTO bench.tokens SELECT id, access, refresh FROM stage;
     INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, created_at,
         authenticated_at, last_refreshed_at, generation, access_digest, access_issued_at,
         access_expires_at, refresh_digest, refresh_expires_at, absolute_expires_at, purge_after)
     SELECT sid, 'user' || id, bench.session_data(), 1, now_, now_, now_, 1,
-           sha256(convert_to(access, 'UTF8')), now_, least(now_ + access_ttl, now_ + absolute),
-           sha256(convert_to(refresh, 'UTF8')), least(now_ + idle, now_ + absolute),
+           substr(sha256(convert_to(access, 'UTF8')), 1, fmt.digest_len), now_,
+           least(now_ + access_ttl, now_ + absolute),
+           substr(sha256(convert_to(refresh, 'UTF8')), 1, fmt.digest_len),
+           least(now_ + idle, now_ + absolute),
            now_ + absolute, greatest(least(now_ + access_ttl, now_ + absolute),
                                      least(now_ + idle, now_ + absolute))
       FROM stage ORDER BY sid;
