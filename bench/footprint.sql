@@ -38,7 +38,7 @@ SELECT format('VACUUM FULL %s', c.oid::regclass)
 -- The floor for comparison (bench/setup.sql's bench.floor with these user
 -- ids and data): one row per session, a digest primary key, its user id.
 CREATE TABLE bench.rest_floor AS
-    SELECT sha256(gen_random_bytes(32)) AS digest, gen_random_uuid() AS session_id,
+    SELECT substr(sha256(gen_random_bytes(32)), 1, 16) AS digest, gen_random_uuid() AS session_id,
            'user-' || lpad(i::text, 15, '0') AS user_id, '{}'::jsonb AS data, 1 AS auth_level,
            statement_timestamp() AS authenticated_at,
            statement_timestamp() + interval '2 hours' AS expires_at

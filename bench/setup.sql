@@ -148,8 +148,8 @@ BEGIN
         access_expires_at, refresh_digest, refresh_expires_at, absolute_expires_at, purge_after)
     SELECT gen_random_uuid(), 'expired' || i, bench.session_data(), 1,
            past - interval '1 hour', past - interval '1 hour', past - interval '1 hour', 1,
-           sha256(gen_random_bytes(32)), past - interval '1 hour', past,
-           sha256(gen_random_bytes(32)), past, past, past
+           substr(sha256(gen_random_bytes(32)), 1, 16), past - interval '1 hour', past,
+           substr(sha256(gen_random_bytes(32)), 1, 16), past, past, past
       FROM generate_series(1, n) i;
 END
 $$;
@@ -171,7 +171,8 @@ BEGIN
     ) WITH (fillfactor = 80);
     INSERT INTO bench.floor_tokens SELECT id, access, refresh FROM bench.tokens ORDER BY id;
     CREATE TABLE bench.floor AS
-        SELECT sha256(convert_to(access, 'UTF8')) AS digest, gen_random_uuid() AS session_id,
+        SELECT substr(sha256(convert_to(access, 'UTF8')), 1, 16) AS digest,
+               gen_random_uuid() AS session_id,
                'user' || id AS user_id, bench.session_data() AS data, 1 AS auth_level,
                now_ AS authenticated_at, now_ + interval '2 hours' AS expires_at
           FROM bench.floor_tokens;

@@ -12,13 +12,15 @@
 //!   primary issued for it (`invalid`, as on the primary);
 //! * the row is not there: the session id carries its time of issue; a
 //!   session issued after (or shortly before) the last transaction the
-//!   standby replayed may be in what it has not replayed yet.
+//!   caller's snapshot has of the replay may be in what it has not replayed
+//!   yet (and before any replayed commit, nothing tells how far behind the
+//!   standby is: any dated id may be).
 //!
 //! Neither needs the secret to be right, so the answer says nothing about a
 //! guessed secret: it depends only on the session id and the generation the
 //! token claims, which its holder knows anyway. What it does tell the holder
-//! of a session's id is how many times that session has been refreshed
-//! (docs/security.md). On a primary none of this runs: `not_replayed` never
+//! of a session's id is how many times that session has been refreshed, and
+//! whether the standby has it revoked (docs/security.md). On a primary none of this runs: `not_replayed` never
 //! appears there.
 
 use pgrx::pg_sys;
@@ -48,13 +50,17 @@ pub fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
-/// Where the standby's replay stands.
+/// Where the standby's replay stands, as the caller's snapshot sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Position {
     /// The commit time of the last transaction replayed, by the primary's
     /// clock (`pg_last_xact_replay_timestamp()`); `None` if none since the
-    /// standby started.
+    /// standby started (then nothing tells how far it is).
     pub replayed_until: Option<Micros>,
+    /// When the caller's snapshot was taken: the statement's start, or the
+    /// transaction's under REPEATABLE READ and SERIALIZABLE. A row replayed
+    /// after it is not in the snapshot, however far replay has gone since.
+    pub snapshot_at: Micros,
     /// The standby's clock.
     pub now: Micros,
 }
@@ -62,12 +68,30 @@ pub struct Position {
 impl Position {
     pub fn current() -> Self {
         // SAFETY: reads the recovery state's latest commit time under its
-        // spinlock; 0 until a commit is replayed.
-        let latest = unsafe { pg_sys::GetLatestXTime() };
+        // spinlock; 0 until a commit is replayed. XactIsoLevel is this
+        // backend's; the transaction start time is set for every statement.
+        let (latest, whole_transaction, transaction_start) = unsafe {
+            (
+                pg_sys::GetLatestXTime(),
+                pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32,
+                pg_sys::GetCurrentTransactionStartTimestamp(),
+            )
+        };
         Position {
             replayed_until: (latest != 0).then_some(latest),
+            snapshot_at: if whole_transaction {
+                transaction_start
+            } else {
+                clock::statement_now()
+            },
             now: clock::wall_now(),
         }
+    }
+
+    /// The time after which a session may be missing from the snapshot:
+    /// the last replayed commit it can see; `None` when nothing tells.
+    fn seen_until(&self) -> Option<Micros> {
+        self.replayed_until.map(|r| r.min(self.snapshot_at))
     }
 }
 
@@ -91,9 +115,10 @@ pub fn unmatched(parsed: &Parsed, found: Found<'_>, at: Position) -> Status {
             .issued_unix_ms()
             .map(clock::from_unix_millis)
             .is_some_and(|issued| {
-                let reference = at.replayed_until.unwrap_or(at.now);
                 issued <= at.now.saturating_add(CLOCK_SKEW)
-                    && issued > reference.saturating_sub(ISSUE_TO_COMMIT)
+                    && at
+                        .seen_until()
+                        .is_none_or(|seen| issued > seen.saturating_sub(ISSUE_TO_COMMIT))
             }),
     };
     if maybe_newer {
@@ -133,6 +158,7 @@ mod unit_tests {
     fn at(replayed_until: Option<Micros>) -> Position {
         Position {
             replayed_until,
+            snapshot_at: NOW,
             now: NOW,
         }
     }
@@ -224,15 +250,39 @@ mod unit_tests {
     }
 
     #[test]
-    fn before_any_replayed_commit_the_standbys_clock_is_the_reference() {
+    fn before_any_replayed_commit_any_dated_session_may_be_unreplayed() {
+        // A standby restarted far behind knows nothing of how far it is.
         let nothing_yet = at(None);
-        assert_eq!(
-            unmatched(&token(NOW - MIN, 1), Found::Nothing, nothing_yet),
-            Status::NotReplayed
-        );
-        let old = token(NOW - ISSUE_TO_COMMIT - MIN, 1);
+        let old = token(NOW - 24 * 3600 * SECOND, 1);
         assert_eq!(
             unmatched(&old, Found::Nothing, nothing_yet),
+            Status::NotReplayed
+        );
+        let later = token(NOW + CLOCK_SKEW + SECOND, 1);
+        assert_eq!(
+            unmatched(&later, Found::Nothing, nothing_yet),
+            Status::Invalid
+        );
+    }
+
+    #[test]
+    fn an_old_snapshot_sees_only_what_was_replayed_when_it_was_taken() {
+        // A REPEATABLE READ transaction that began an hour ago: replay has
+        // gone on, but its snapshot has none of what came since.
+        let hour = 3600 * SECOND;
+        let old_snapshot = Position {
+            replayed_until: Some(NOW),
+            snapshot_at: NOW - hour,
+            now: NOW,
+        };
+        let issued_since = token(NOW - hour + MIN, 1);
+        assert_eq!(
+            unmatched(&issued_since, Found::Nothing, old_snapshot),
+            Status::NotReplayed
+        );
+        let issued_before = token(NOW - hour - ISSUE_TO_COMMIT - MIN, 1);
+        assert_eq!(
+            unmatched(&issued_before, Found::Nothing, old_snapshot),
             Status::Invalid
         );
     }

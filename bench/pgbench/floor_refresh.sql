@@ -5,7 +5,7 @@
 \set id 1 + :client_id * :per + random(0, :per - 1)
 WITH r AS (UPDATE bench.floor f SET expires_at = statement_timestamp() + interval '2 hours'
              FROM bench.floor_tokens t
-            WHERE t.id = :id AND f.digest = sha256(convert_to(t.access, 'UTF8'))
+            WHERE t.id = :id AND f.digest = substr(sha256(convert_to(t.access, 'UTF8')), 1, 16)
            RETURNING 'ok'::text AS status),
      u AS (UPDATE bench.floor_tokens t SET refresh = t.refresh FROM r WHERE t.id = :id)
 SELECT status, (status = 'ok')::int AS ok FROM r \gset

@@ -124,6 +124,9 @@ def rebuilt_pairs(db, extra_secrets=(), session_ids=None) -> list:
     (and every row of tables without a session id: the keys)."""
     stored = stored_byte_strings(db, session_ids)
     candidates = stored | {s.encode() if isinstance(s, str) else s for s in extra_secrets}
+    # Salts: the 32-byte strings, the size of a retry key. (Every 16-byte
+    # string as well, the size of a digest and of every session id, makes
+    # the search quadratic in the rows: it ran for minutes.)
     keys32 = {s for s in candidates if len(s) == 32} | {s for s in stored if len(s) == 32}
     found = []
     for row in session_rows(db, session_ids):

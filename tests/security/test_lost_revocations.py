@@ -74,6 +74,12 @@ def all_revoked_once(db, ids, timeout):
     return done and not missing, missing, got
 
 
+def backstops_running(db):
+    db.execute("SELECT pg_stat_clear_snapshot()")
+    return db.execute("SELECT count(*) AS n FROM pg_stat_activity "
+                      "WHERE backend_type = 'pg_session_auth backstop'").fetchone()["n"]
+
+
 def backstops_waiting(db):
     db.execute("SELECT pg_stat_clear_snapshot()")
     return db.execute(
@@ -373,6 +379,9 @@ def held_by_a_prepared_transaction(c, user, dbname="postgres"):
     app.execute("PREPARE TRANSACTION 'held'")
     app.commit()
     time.sleep(1.5)  # the backstop started at PREPARE found the row held
+    # ... and is gone: only a later attempt can apply the record (one still
+    # running at the release, on a slow machine, would apply it itself).
+    assert wait_until(lambda: backstops_running(db) == 0, 20), "the backstop started at PREPARE ended"
     assert outcome(db, [str(s["session_id"])])[str(s["session_id"])] == (False, 0)
     db.execute("ROLLBACK PREPARED 'held'")
     return db, str(s["session_id"])

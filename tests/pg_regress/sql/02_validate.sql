@@ -43,7 +43,10 @@ SELECT status FROM session_validate(' ' || :'access_token');
 SELECT status FROM session_validate('pgsa_at_' || repeat('A', 64));
 SELECT status FROM session_validate('pgsa_at_' || translate(encode(decode(
     md5(random()::text) || md5(random()::text) || md5(random()::text), 'hex'), 'base64'), '+/', '-_'));
--- ...and a real session id with a forged secret.
+-- ...and a real session id and generation with a forged secret (the first
+-- 36 characters carry the id, the generation and a byte of the secret),
+-- also in 0.1.0's 72-character format.
+SELECT status FROM session_validate(left(:'access_token', 36) || repeat('A', 42));
 SELECT status FROM session_validate(left(:'access_token', 40) || repeat('A', 32));
 -- Right length, wrong alphabet: multibyte characters, base64 '+' and '/'.
 SELECT status FROM session_validate('pgsa_at_' || repeat('é', 32));
