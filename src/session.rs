@@ -24,7 +24,7 @@ use pgrx::spi::SpiClient;
 use serde_json::json;
 
 use crate::backstop;
-use crate::clock::{self, statement_now, Effective, Micros, NewPair, Policy};
+use crate::clock::{statement_now, Effective, Micros, NewPair, Policy};
 use crate::error::{self, fresh};
 use crate::gucs;
 use crate::ids::SessionId;
@@ -117,7 +117,7 @@ fn identify_locked(
 pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
     let now = statement_now();
     let policy = Policy::current();
-    let session_id = fresh(token::new_session_id(clock::wall_now()));
+    let session_id = fresh(token::new_session_id(now)); // dated as created_at
     let (access, refresh) = new_pair_secrets();
     let generation = token::FIRST_GENERATION;
     let access_token = token::encode(Kind::Access, &session_id, generation, &access);

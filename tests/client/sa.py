@@ -103,6 +103,15 @@ def common_prefix(strings):
     return first[:n]
 
 
+def token_text(prefix, session_id: bytes, secret: bytes, generation=None) -> str:
+    """A token in the extension's format (src/token.rs): prefix, then
+    base64url without padding of session id || generation (4 bytes,
+    big-endian) || secret; 0.1.0's format, without the generation, when it
+    is None."""
+    claim = b"" if generation is None else int(generation).to_bytes(4, "big")
+    return prefix + base64.urlsafe_b64encode(session_id + claim + secret).rstrip(b"=").decode()
+
+
 def b64url_decode(text):
     """The bytes a base64url body encodes, or None if it is not base64url."""
     try:

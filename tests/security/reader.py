@@ -19,6 +19,8 @@ import base64
 import hashlib
 import hmac
 
+import sa
+
 ACCESS, REFRESH = "pgsa_at_", "pgsa_rt_"
 
 # 0.1.0 (docs/security.md, "What 0.1.0 did"): key id || nonce || access ^ k1 || refresh ^ k2,
@@ -30,11 +32,7 @@ V1_LABEL = b"pg_session_auth retry pair "
 V2_INFO = b"pg_session_auth retry pair v2"
 
 
-def token(prefix, session_id: bytes, secret: bytes, generation=None) -> str:
-    """The token format (src/token.rs): session id || generation (4 bytes,
-    big-endian) || secret; 0.1.0's, without the generation, when it is None."""
-    claim = b"" if generation is None else int(generation).to_bytes(4, "big")
-    return prefix + base64.urlsafe_b64encode(session_id + claim + secret).rstrip(b"=").decode()
+token = sa.token_text
 
 
 def digest(tok: str) -> bytes:
