@@ -123,8 +123,11 @@ impl Effective {
 }
 
 /// Stored deadlines for a pair issued now: the refresh token slides by the
-/// idle timeout but never past the absolute deadline, and no access token
-/// outlives it either.
+/// idle timeout but never past the absolute deadline, and the access token
+/// never outlives the refresh token (an idle timeout shorter than
+/// `access_ttl` ends the session, and its access, first). So the deadlines a
+/// call returns are the ones every later check enforces (`Effective::of`
+/// caps the access deadline by the session's the same way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NewPair {
     pub access_expires_at: Micros,
@@ -133,11 +136,14 @@ pub struct NewPair {
 
 impl NewPair {
     pub fn at(now: Micros, absolute_deadline: Micros, policy: &Policy) -> Self {
+        let refresh_expires_at = now
+            .saturating_add(policy.idle_timeout)
+            .min(absolute_deadline);
         NewPair {
-            access_expires_at: now.saturating_add(policy.access_ttl).min(absolute_deadline),
-            refresh_expires_at: now
-                .saturating_add(policy.idle_timeout)
-                .min(absolute_deadline),
+            access_expires_at: now
+                .saturating_add(policy.access_ttl)
+                .min(refresh_expires_at),
+            refresh_expires_at,
         }
     }
 }
@@ -231,5 +237,28 @@ mod unit_tests {
         let pair = NewPair::at(0, 1000 * MIN, &policy());
         assert_eq!(pair.refresh_expires_at, 30 * MIN);
         assert_eq!(pair.access_expires_at, 15 * MIN);
+    }
+
+    #[test]
+    fn new_access_deadlines_never_outlive_the_idle_deadline() {
+        let mut p = policy();
+        p.access_ttl = 60 * MIN;
+        p.idle_timeout = 2 * SECOND;
+        let pair = NewPair::at(100 * MIN, 1000 * MIN, &p);
+        assert_eq!(pair.refresh_expires_at, 100 * MIN + 2 * SECOND);
+        assert_eq!(pair.access_expires_at, pair.refresh_expires_at);
+        let stored = Stored {
+            created_at: 100 * MIN,
+            last_refreshed_at: 100 * MIN,
+            refresh_expires_at: pair.refresh_expires_at,
+            absolute_expires_at: 1000 * MIN,
+            access_issued_at: 100 * MIN,
+            access_expires_at: pair.access_expires_at,
+        };
+        assert_eq!(
+            Effective::of(&stored, &p).access,
+            pair.access_expires_at,
+            "what the call returns is what a check enforces"
+        );
     }
 }

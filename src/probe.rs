@@ -1,4 +1,5 @@
-//! Direct primary-key probes for the read-only hot path (`session_validate`).
+//! Direct primary-key probes for the read-only hot path (`session_validate`),
+//! and for the writers' check of a token before they lock anything.
 //!
 //! A validate is one lookup of a session row by its primary key, and rarely
 //! a second one of the blacklist by digest. Going through SPI would cost a
@@ -170,6 +171,28 @@ pub fn blacklisted(digest: &[u8], session_id: &SessionId) -> Option<Blacklisted>
         }
     })?;
     (&entry.0 == session_id).then_some(entry.1)
+}
+
+/// Runs `check` under the snapshot the next SQL statement of a VOLATILE
+/// function gets (what SPI does for a writer): after the command counter
+/// is advanced, so that it sees what earlier calls of the same statement
+/// wrote (a session issued by a subquery of the statement), and under READ
+/// COMMITTED a fresh one. The writing functions check a token this way
+/// before they lock; `session_validate` is STABLE and keeps the statement's
+/// snapshot. On an error, the (sub)transaction's abort pops the snapshot.
+pub fn as_writer<R>(check: impl FnOnce() -> R) -> R {
+    // SAFETY: the snapshot pushed here is popped below, or by the abort of
+    // the (sub)transaction if `check` raises; advancing the command counter
+    // is what every writing SPI statement does first.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::UpdateActiveSnapshotCommandId();
+    }
+    let result = check();
+    // SAFETY: pops the snapshot pushed above, still the active one.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    result
 }
 
 /// Verifies both probed tables, all their columns (cached), so that every

@@ -97,9 +97,18 @@ fn load_for_update(client: &mut SpiClient<'_>, session: &SessionId) -> Option<Se
 /// lock, so that knowing a session id alone never lets anyone hold a lock on
 /// somebody else's session. Writers then lock and check again.
 fn genuine_unlocked(parsed: &Parsed) -> bool {
-    probe::session_row(&parsed.session)
-        .and_then(|row| identify(parsed, &row, probe::blacklisted))
-        .is_some()
+    probe_unlocked(parsed).is_some()
+}
+
+/// The session row and which of its tokens was presented, read without a
+/// lock, as a writer sees them (`probe::as_writer`: what earlier calls of
+/// the same statement wrote included).
+fn probe_unlocked(parsed: &Parsed) -> Option<(SessionRow, Presented)> {
+    probe::as_writer(|| {
+        let row = probe::session_row(&parsed.session)?;
+        let presented = identify(parsed, &row, probe::blacklisted)?;
+        Some((row, presented))
+    })
 }
 
 /// `identify` for writers, which hold the row lock and read the blacklist
@@ -239,10 +248,9 @@ fn unmatched(parsed: &Parsed, found: Found<'_>) -> Status {
 pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     let token = token.ok_or(Status::Invalid)?;
     let parsed = token::parse(token, Some(Kind::Refresh)).ok_or(Status::Invalid)?;
-    let row = probe::session_row(&parsed.session).ok_or(Status::Invalid)?;
     // Checked without taking any lock, so that knowing a session id alone
     // never lets anyone hold a lock on somebody else's session.
-    let presented = identify(&parsed, &row, probe::blacklisted).ok_or(Status::Invalid)?;
+    let (row, presented) = probe_unlocked(&parsed).ok_or(Status::Invalid)?;
     let now = statement_now();
     let policy = Policy::current();
     let was_current = matches!(presented, Presented::Current);

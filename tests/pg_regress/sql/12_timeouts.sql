@@ -107,3 +107,30 @@ SELECT status AS at_start FROM session_validate(:'at');
 SELECT pg_sleep(1.1);
 SELECT status AS a_second_later_same_transaction FROM session_validate(:'at');
 COMMIT;
+
+-- An idle timeout shorter than the access lifetime (a DBA who tightens the
+-- idle timeout below access_ttl makes this common): every new pair's access
+-- deadline is capped by the session's idle and absolute deadlines, so the
+-- access_expires_at a call returns is the one validate enforces, and a retry
+-- inside the grace window returns the same deadline as the first answer.
+SET session_auth.access_ttl = '1h';
+SET session_auth.idle_timeout = '2s';
+SELECT access_token AS at, refresh_token AS rt,
+       access_expires_at - statement_timestamp() AS access_lifetime,
+       access_expires_at AS issued_access_expires_at
+FROM session_issue('grace@timeouts') \gset
+SELECT :'access_lifetime' AS issue_access_capped_by_idle;
+SELECT status, expires_at = :'issued_access_expires_at' AS validate_agrees
+FROM session_validate(:'at');
+SELECT status, access_token AS at, refresh_token AS rt2,
+       access_expires_at - statement_timestamp() AS access_lifetime,
+       access_expires_at AS refreshed_access_expires_at
+FROM session_refresh(:'rt') \gset
+SELECT :'status' AS status, :'access_lifetime' AS refresh_access_capped_by_idle;
+SELECT status, access_expires_at = :'refreshed_access_expires_at' AS retry_same_access_deadline
+FROM session_refresh(:'rt');
+SELECT status, expires_at = :'refreshed_access_expires_at' AS validate_agrees
+FROM session_validate(:'at');
+SELECT access_expires_at - statement_timestamp() AS reauthenticate_access_capped_by_idle
+FROM session_reauthenticate(:'at');
+RESET ALL;
