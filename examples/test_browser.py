@@ -1,5 +1,6 @@
 """The example app in a real browser: headless Debian Chromium, driven by
-Playwright, against the app and the cluster that examples/test started.
+Playwright, against the app and the cluster that examples/test started
+(the `browser` and `device` fixtures are in examples/conftest.py).
 
 examples/test sets the environment: EXAMPLE_URL (the app on loopback),
 EXAMPLE_APP_DSN / EXAMPLE_SUPERUSER_DSN (the cluster), EXAMPLE_SERVER_LOG,
@@ -30,16 +31,6 @@ SERVER_LOG = Path(os.environ["EXAMPLE_SERVER_LOG"])
 ACCESS_TTL = float(os.environ["EXAMPLE_ACCESS_TTL"])
 REFRESH_GRACE = float(os.environ["EXAMPLE_REFRESH_GRACE"])
 MAX_AUTH_AGE = float(os.environ["EXAMPLE_MAX_AUTH_AGE"])
-CHROMIUM = os.environ.get("EXAMPLE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 ALICE = ("alice@example.com", "correct horse battery staple")
 BOB = ("bob@example.com", "hunter2 is not a password")
@@ -49,40 +40,7 @@ DEMO_TOTP_SECRET = b"Hello!\xde\xad\xbe\xef"  # base32 JBSWY3DPEHPK3PXP, as in t
 SEEN_TOKENS = set()
 
 
-# --- fixtures -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package `chromium`): browser tests skipped")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        except Exception as e:  # noqa: BLE001 - any launch failure means "cannot start"
-            reason = (str(e).strip().splitlines() or ["?"])[0]
-            pytest.skip(f"Chromium at {CHROMIUM} cannot start, browser tests skipped: {reason}")
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def device(browser):
-    """new device(label): a browser context of its own (its own cookie jar),
-    with a recognisable user agent for the devices page."""
-    contexts = []
-
-    def make(label):
-        ctx = browser.new_context(user_agent=f"example-test {label}")
-        ctx.set_default_timeout(10_000)
-        contexts.append(ctx)
-        return ctx
-
-    yield make
-    for ctx in contexts:
-        ctx.close()
+# --- the database -----------------------------------------------------------------
 
 
 def app_sql(query, params=()):
