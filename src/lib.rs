@@ -24,6 +24,8 @@
 //!   PostgreSQL majors. `shmem`: what lives in shared memory.
 //! * `tests`: the in-server tests (`cargo pgrx test`). `layout`: the tests
 //!   that hold this map and the module graph (no cycles) to the code.
+//!   `proptests`: property tests of the pure rules (tokens, retry pairs,
+//!   deadlines, statuses), compiled for tests only.
 
 use pgrx::prelude::*;
 
@@ -56,6 +58,8 @@ mod worker;
 
 #[cfg(test)]
 mod layout;
+#[cfg(test)]
+mod proptests;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
