@@ -111,20 +111,27 @@ CREATE INDEX sessions_purge_after_idx ON session_auth.sessions (purge_after);
 COMMENT ON TABLE session_auth.sessions IS
     'One row per session (token family); token digests only, never tokens';
 
--- Superseded or revoked token digests, kept until the token would have
--- expired anyway; the worker deletes expired entries.
+-- The pairs a session no longer holds (superseded by a rotation or a
+-- re-authentication, or current when it was revoked), one row per pair,
+-- keyed by the session and the pair's generation, which every token
+-- carries (src/blacklist.rs). Both digests are kept, each with its token's
+-- deadline, NULL if that token had expired already; the row is kept until
+-- the later deadline (expires_at), then the worker deletes it.
 CREATE TABLE session_auth.blacklist (
-    digest      bytea       PRIMARY KEY,
-    session_id  uuid        NOT NULL,
-    kind        text        NOT NULL CHECK (kind IN ('access', 'refresh')),
-    generation  int         NOT NULL,
-    revoked_at  timestamptz NOT NULL,
-    expires_at  timestamptz NOT NULL,
-    reason      text        NOT NULL
+    session_id          uuid        NOT NULL,
+    generation          int         NOT NULL,
+    access_digest       bytea,
+    access_expires_at   timestamptz,
+    refresh_digest      bytea,
+    refresh_expires_at  timestamptz,
+    revoked_at          timestamptz NOT NULL,
+    expires_at          timestamptz NOT NULL,
+    reason              text        NOT NULL,
+    PRIMARY KEY (session_id, generation)
 );
 CREATE INDEX blacklist_expires_at_idx ON session_auth.blacklist (expires_at);
 COMMENT ON TABLE session_auth.blacklist IS
-    'Superseded and revoked token digests until they would have expired';
+    'Superseded and revoked token pairs (digests only) until their tokens would have expired';
 
 -- Keys that salt the derivation of refreshed pairs (src/retry_pair.rs), when
 -- the library is not preloaded; preloaded, they live in shared memory and

@@ -14,6 +14,8 @@
 --   longer dumped.
 -- * Digests are the first 16 bytes of SHA-256 (src/token.rs, DIGEST_LEN):
 --   the stored ones are cut to that, in the sessions and the blacklist.
+-- * The blacklist keeps one row per pair, keyed by session and generation,
+--   instead of one per token digest.
 -- * Capped logins lock rows of session_auth.login_locks, not an advisory lock.
 -- * Every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp.
 -- * session_event(id) confirms the event a NOTIFY names; session_require and
@@ -35,7 +37,59 @@ UPDATE session_auth.sessions SET
     refresh_digest = pg_catalog.substr(refresh_digest, 1, 16),
     parent_access_digest = pg_catalog.substr(parent_access_digest, 1, 16),
     parent_refresh_digest = pg_catalog.substr(parent_refresh_digest, 1, 16);
-UPDATE session_auth.blacklist SET digest = pg_catalog.substr(digest, 1, 16);
+
+-- The blacklist: one row per pair, by session and generation, instead of one
+-- per token digest (src/blacklist.rs). 0.1.0 put both tokens of a pair in
+-- with the same session, generation and reason; each keeps its deadline.
+-- The table is rebuilt, so the update takes a moment per million entries.
+-- The stats view reads it: it is made again over the new table from its
+-- own definition (unchanged since 0.1.0), before the old table goes.
+DO $$
+DECLARE
+    stats_definition pg_catalog.text :=
+        pg_catalog.pg_get_viewdef('session_auth.stats'::pg_catalog.regclass);
+BEGIN
+    ALTER TABLE session_auth.blacklist RENAME TO blacklist_0_1_0;
+    ALTER INDEX session_auth.blacklist_pkey RENAME TO blacklist_0_1_0_pkey;
+    ALTER INDEX session_auth.blacklist_expires_at_idx RENAME TO blacklist_0_1_0_expires_at_idx;
+    CREATE TABLE session_auth.blacklist (
+        session_id          uuid        NOT NULL,
+        generation          int         NOT NULL,
+        access_digest       bytea,
+        access_expires_at   timestamptz,
+        refresh_digest      bytea,
+        refresh_expires_at  timestamptz,
+        revoked_at          timestamptz NOT NULL,
+        expires_at          timestamptz NOT NULL,
+        reason              text        NOT NULL,
+        PRIMARY KEY (session_id, generation)
+    );
+    EXECUTE 'CREATE OR REPLACE VIEW session_auth.stats AS '
+            OPERATOR(pg_catalog.||) stats_definition;
+END
+$$;
+INSERT INTO session_auth.blacklist
+SELECT b.session_id, b.generation,
+       pg_catalog.substr(a.digest, 1, 16), a.expires_at,
+       pg_catalog.substr(r.digest, 1, 16), r.expires_at,
+       pg_catalog.min(b.revoked_at), pg_catalog.max(b.expires_at), pg_catalog.min(b.reason)
+FROM session_auth.blacklist_0_1_0 AS b
+LEFT JOIN session_auth.blacklist_0_1_0 AS a
+       ON a.session_id OPERATOR(pg_catalog.=) b.session_id
+      AND a.generation OPERATOR(pg_catalog.=) b.generation
+      AND a.kind OPERATOR(pg_catalog.=) 'access'::pg_catalog.text
+LEFT JOIN session_auth.blacklist_0_1_0 AS r
+       ON r.session_id OPERATOR(pg_catalog.=) b.session_id
+      AND r.generation OPERATOR(pg_catalog.=) b.generation
+      AND r.kind OPERATOR(pg_catalog.=) 'refresh'::pg_catalog.text
+GROUP BY b.session_id, b.generation, a.digest, a.expires_at, r.digest, r.expires_at;
+ALTER EXTENSION pg_session_auth DROP TABLE session_auth.blacklist_0_1_0;
+DROP TABLE session_auth.blacklist_0_1_0;
+CREATE INDEX blacklist_expires_at_idx ON session_auth.blacklist (expires_at);
+COMMENT ON TABLE session_auth.blacklist IS
+    'Superseded and revoked token pairs (digests only) until their tokens would have expired';
+REVOKE ALL ON TABLE session_auth.blacklist FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('session_auth.blacklist', '');
 
 -- Retry keys: emptied, unlogged, out of pg_dump. A table leaves the dumped
 -- set only by leaving the extension, so it is dropped and made again.

@@ -8,6 +8,8 @@
 //!   pure rules: which token was presented and what each call answers.
 //!   `standby`: what a hot standby answers for a token it has not replayed.
 //! * `token`: the token format, parsing, digests. `ids`: session ids.
+//!   `blacklist`: the pairs a session no longer holds, and which one a
+//!   presented token is.
 //! * `retry_pair`: how a retry inside the grace gets the same pair (HKDF).
 //!   `retry_keys`: the short-lived keys that allows, and where they live
 //!   (`key_ring` in shared memory, or a table).
@@ -32,6 +34,7 @@ use pgrx::prelude::*;
 mod api;
 mod backstop;
 mod bgworker;
+mod blacklist;
 mod clock;
 mod compat;
 mod error;

@@ -4,10 +4,9 @@
 //! its settings), so every rule is unit-tested here without a server.
 //! `session` does the reading and writing around them.
 
+use crate::blacklist::Blacklisted;
 use crate::clock::{Effective, Micros, Policy, SECOND};
-use crate::ids::SessionId;
 use crate::session_row::SessionRow;
-use crate::store::Blacklisted;
 use crate::token::{self, Kind, Parsed};
 
 /// The status word of a good token: what the `Ok` of a `Result<_, Status>`
@@ -56,12 +55,12 @@ pub enum Presented {
 }
 
 /// Finds which token of `row` the parsed token is, if any. `blacklisted`
-/// looks a digest up on the blacklist (writers through SPI with a fresh
-/// snapshot, validate through a direct probe).
+/// looks the token up on the blacklist of its session (writers through SPI
+/// with a fresh snapshot, validate through a direct probe; `blacklist`).
 pub fn identify(
     parsed: &Parsed,
     row: &SessionRow,
-    blacklisted: impl FnOnce(&[u8], &SessionId) -> Option<Blacklisted>,
+    blacklisted: impl FnOnce(&Parsed) -> Option<Blacklisted>,
 ) -> Option<Presented> {
     let (current, parent) = match parsed.kind {
         Kind::Access => (&row.access_digest, &row.parent_access_digest),
@@ -73,12 +72,10 @@ pub fn identify(
     if token::same_digest(&parsed.digest, parent.as_deref()) {
         return Some(Presented::Parent);
     }
-    blacklisted(&parsed.digest, &row.session_id)
-        .filter(|b| b.kind == parsed.kind.as_str())
-        .map(|b| Presented::Older {
-            generation: b.generation,
-            expires_at: b.expires_at,
-        })
+    blacklisted(parsed).map(|b| Presented::Older {
+        generation: b.generation,
+        expires_at: b.expires_at,
+    })
 }
 
 /// Whether the parent pair is still inside its grace window: the one fixed
@@ -226,6 +223,7 @@ pub fn decide_refresh(
 #[cfg(test)]
 mod unit_tests {
     use super::*;
+    use crate::ids::SessionId;
 
     const MIN: Micros = 60 * SECOND;
     const GRACE: Micros = 10 * SECOND;
@@ -259,22 +257,24 @@ mod unit_tests {
         }
     }
 
-    fn no_blacklist(_: &[u8], _: &SessionId) -> Option<Blacklisted> {
+    fn no_blacklist(_: &Parsed) -> Option<Blacklisted> {
         None
     }
 
     /// `r0` and `a0`, two generations back, are on the blacklist.
-    fn blacklist(digest: &[u8], _: &SessionId) -> Option<Blacklisted> {
-        let kind = match digest {
-            d if d == token::digest("r0") => "refresh",
-            d if d == token::digest("a0") => "access",
-            _ => return None,
+    fn blacklist(parsed: &Parsed) -> Option<Blacklisted> {
+        let kept = |name| {
+            Some(crate::blacklist::Kept {
+                digest: token::digest(name).to_vec(),
+                expires_at: 20 * MIN,
+            })
         };
-        Some(Blacklisted {
-            kind: kind.into(),
+        let pair = crate::blacklist::ListedPair {
             generation: 0,
-            expires_at: 20 * MIN,
-        })
+            access: kept("a0"),
+            refresh: kept("r0"),
+        };
+        pair.entry_for(parsed)
     }
 
     fn refresh(row: &SessionRow, token: &str, now: Micros, was_current: bool) -> Refresh {
@@ -308,7 +308,7 @@ mod unit_tests {
     #[test]
     fn the_blacklist_is_read_only_when_the_row_does_not_answer() {
         let row = refreshed_at(MIN);
-        let must_not_read = |_: &[u8], _: &SessionId| -> Option<Blacklisted> {
+        let must_not_read = |_: &Parsed| -> Option<Blacklisted> {
             panic!("the blacklist was read for a token the row knows")
         };
         assert!(identify(&presented(Kind::Refresh, "r2"), &row, must_not_read).is_some());

@@ -32,11 +32,12 @@ use std::rc::Rc;
 use pgrx::pg_sys::{self, Datum, Oid};
 use pgrx::{FromDatum, IntoDatum};
 
+use crate::blacklist::{Blacklisted, Kept, ListedPair};
 use crate::error;
 use crate::ids::SessionId;
 use crate::jsonb::RawJsonb;
 use crate::session_row::{self, Column, RowValues, SessionRow, COLUMN_COUNT};
-use crate::store::Blacklisted;
+use crate::token::Parsed;
 
 const SCHEMA: &CStr = c"session_auth";
 
@@ -63,13 +64,15 @@ const SESSION_COLUMNS: [Column; COLUMN_COUNT + 1] = {
     columns
 };
 
-/// The blacklist's key, then the columns `blacklisted` reads.
-const BLACKLIST_COLUMNS: [Column; 5] = [
-    col(c"digest", pg_sys::BYTEAOID),
+/// The blacklist's key (session, generation), then the columns `blacklisted`
+/// reads.
+const BLACKLIST_COLUMNS: [Column; 6] = [
     col(c"session_id", pg_sys::UUIDOID),
-    col(c"kind", pg_sys::TEXTOID),
     col(c"generation", pg_sys::INT4OID),
-    col(c"expires_at", pg_sys::TIMESTAMPTZOID),
+    col(c"access_digest", pg_sys::BYTEAOID),
+    col(c"access_expires_at", pg_sys::TIMESTAMPTZOID),
+    col(c"refresh_digest", pg_sys::BYTEAOID),
+    col(c"refresh_expires_at", pg_sys::TIMESTAMPTZOID),
 ];
 
 /// A probed table as verified: its oid, its index's, and the zero-based
@@ -89,28 +92,33 @@ thread_local! {
     static LAYOUTS: RefCell<Vec<Layout>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Where a probe reads: the table, its key index, and the columns.
+/// Where a probe reads: the table, its key index, and the columns, the
+/// index's key columns first (`key_columns` of them, in index order).
 struct Target {
     table: &'static CStr,
     index: &'static CStr,
+    key_columns: usize,
     columns: &'static [Column],
 }
 
 const SESSIONS: Target = Target {
     table: c"sessions",
     index: c"sessions_pkey",
+    key_columns: 1,
     columns: &SESSION_COLUMNS,
 };
 
 const SESSIONS_WITHOUT_DATA: Target = Target {
     table: c"sessions",
     index: c"sessions_pkey",
+    key_columns: 1,
     columns: session_row::COLUMNS,
 };
 
 const BLACKLIST: Target = Target {
     table: c"blacklist",
     index: c"blacklist_pkey",
+    key_columns: 2,
     columns: &BLACKLIST_COLUMNS,
 };
 
@@ -150,27 +158,47 @@ fn probe_session<R>(
     read: impl FnOnce(Values<'_>) -> R,
 ) -> Option<R> {
     let key = pgrx::Uuid::from(*session_id).into_datum()?;
-    probe(target, pg_sys::F_UUID_EQ, key, read)
+    // A primary key: the first visible tuple is the only one.
+    let mut read = Some(read);
+    probe(target, &[(pg_sys::F_UUID_EQ, key)], |v| {
+        read.take().map(|r| r(v))
+    })
 }
 
-/// The blacklist entry for `digest` if it belongs to `session_id`.
-pub fn blacklisted(digest: &[u8], session_id: &SessionId) -> Option<Blacklisted> {
-    let key_datum = digest.into_datum()?;
-    let entry = probe(&BLACKLIST, pg_sys::F_BYTEAEQ, key_datum, |v| {
+/// The blacklist entry of the presented token: one probe of its session and
+/// generation, or for a token of 0.1.0 (no generation) a look through its
+/// session's rows (`blacklist`).
+pub fn blacklisted(parsed: &Parsed) -> Option<Blacklisted> {
+    let session = pgrx::Uuid::from(parsed.session).into_datum()?;
+    let mut keys = vec![(pg_sys::F_UUID_EQ, session)];
+    if let Some(generation) = parsed.generation {
+        keys.push((pg_sys::F_INT4EQ, generation.into_datum()?));
+    }
+    probe(&BLACKLIST, &keys, |v| {
         // SAFETY: columns in BLACKLIST_COLUMNS order, of the verified types.
-        unsafe {
-            let id: pgrx::Uuid = get(v, 1);
-            (
-                SessionId::from(id),
-                Blacklisted {
-                    kind: get(v, 2),
-                    generation: get(v, 3),
-                    expires_at: get_ts(v, 4),
-                },
-            )
+        let pair = unsafe { read_listed_pair(v) };
+        pair.entry_for(parsed)
+    })
+}
+
+/// # Safety
+/// Columns in BLACKLIST_COLUMNS order, of the verified types.
+unsafe fn read_listed_pair(v: Values<'_>) -> ListedPair {
+    // SAFETY: as the caller vouches.
+    unsafe {
+        let kept = |digest: usize| -> Option<Kept> {
+            Some(Kept {
+                digest: get_opt::<Vec<u8>>(v, digest)?,
+                expires_at: get_opt::<pgrx::datum::TimestampWithTimeZone>(v, digest + 1)?
+                    .into_inner(),
+            })
+        };
+        ListedPair {
+            generation: get(v, 1),
+            access: kept(2),
+            refresh: kept(4),
         }
-    })?;
-    (&entry.0 == session_id).then_some(entry.1)
+    }
 }
 
 /// Runs `check` under the snapshot the next SQL statement of a VOLATILE
@@ -208,14 +236,14 @@ pub fn check_tables() {
 /// Values of one fetched tuple, by position in the requested column list.
 type Values<'a> = &'a [(Datum, bool)];
 
-/// Looks `key` up in the target's index and hands the requested columns of
-/// the visible tuple, if any, to `read`, which must copy what it keeps: the
-/// tuple's buffer is released afterwards.
+/// Looks `keys` (equality function and value of the index's leading key
+/// columns, in order) up in the target's index and hands the requested
+/// columns of each visible tuple to `read` until it answers `Some`; `read`
+/// must copy what it keeps: each tuple's buffer is released afterwards.
 fn probe<R>(
     target: &Target,
-    equality: u32,
-    key: Datum,
-    read: impl FnOnce(Values<'_>) -> R,
+    keys: &[(u32, Datum)],
+    mut read: impl FnMut(Values<'_>) -> Option<R>,
 ) -> Option<R> {
     check_tables();
     // SAFETY: an index scan under the active snapshot, bracketed by
@@ -244,32 +272,41 @@ fn probe<R>(
         } else {
             pg_sys::GetTransactionSnapshot()
         };
-        let mut scankey = pg_sys::ScanKeyData::default();
-        pg_sys::ScanKeyInit(
-            &mut scankey,
-            1,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::RegProcedure::from(equality),
-            key,
+        assert!(
+            keys.len() <= target.key_columns,
+            "more keys than the index has"
         );
-        let scan = crate::compat::index_beginscan(rel, idx, snapshot, 1);
-        pg_sys::index_rescan(scan, &mut scankey, 1, std::ptr::null_mut(), 0);
+        let mut scankeys: Vec<pg_sys::ScanKeyData> = keys
+            .iter()
+            .zip(1..)
+            .map(|(&(equality, key), attno)| {
+                let mut scankey = pg_sys::ScanKeyData::default();
+                pg_sys::ScanKeyInit(
+                    &mut scankey,
+                    attno,
+                    pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                    pg_sys::RegProcedure::from(equality),
+                    key,
+                );
+                scankey
+            })
+            .collect();
+        let nkeys = scankeys.len() as i32;
+        let scan = crate::compat::index_beginscan(rel, idx, snapshot, nkeys);
+        pg_sys::index_rescan(scan, scankeys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let result = if pg_sys::index_getnext_slot(
-            scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            slot,
-        ) {
+        let mut result = None;
+        while result.is_none()
+            && pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+        {
             pg_sys::slot_getallattrs(slot);
             let values: Vec<(Datum, bool)> = layout
                 .attnums
                 .iter()
                 .map(|&n| (*(*slot).tts_values.add(n), *(*slot).tts_isnull.add(n)))
                 .collect();
-            Some(read(&values))
-        } else {
-            None
-        };
+            result = read(&values);
+        }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::index_endscan(scan);
         // Keep the locks until the transaction ends, as the executor does.
@@ -335,7 +372,7 @@ unsafe fn layout(target: &Target) -> Layout {
         );
     }
     // SAFETY: as above.
-    let attnums = unsafe { verify(&object, table_oid, index_oid, target.index, target.columns) };
+    let attnums = unsafe { verify(&object, table_oid, index_oid, target) };
     let layout = Layout {
         name: target.table,
         table: table_oid,
@@ -349,13 +386,8 @@ unsafe fn layout(target: &Target) -> Layout {
 
 /// Checks that the table and index are what the extension made (see the
 /// module comment) and returns the zero-based column numbers of `columns`.
-unsafe fn verify(
-    object: &str,
-    table_oid: Oid,
-    index_oid: Oid,
-    index: &CStr,
-    columns: &[Column],
-) -> Rc<[usize]> {
+unsafe fn verify(object: &str, table_oid: Oid, index_oid: Oid, target: &Target) -> Rc<[usize]> {
+    let (index, columns) = (target.index, target.columns);
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     // SAFETY: catalog and relcache reads under AccessShareLock, in a
     // transaction. The table is locked first (any relkind: relation_open
@@ -410,10 +442,13 @@ unsafe fn verify(
             Some("is not valid (a failed CREATE INDEX CONCURRENTLY?)")
         } else if (*(*idx).rd_rel).relam != pg_sys::BTREE_AM_OID {
             Some("is not a btree")
-        } else if form.indnkeyatts != 1
-            || i32::from(form.indkey.values.as_slice(1)[0]) != (attnums[0] + 1) as i32
+        } else if form.indnkeyatts as usize != target.key_columns
+            || (0..target.key_columns).any(|i| {
+                i32::from(form.indkey.values.as_slice(target.key_columns)[i])
+                    != (attnums[i] + 1) as i32
+            })
         {
-            Some("is not on the key column")
+            Some("is not on the key columns")
         } else if !pg_sys::heap_attisnull(
             (*idx).rd_indextuple,
             pg_sys::Anum_pg_index_indpred as i32,
@@ -424,12 +459,13 @@ unsafe fn verify(
             std::ptr::null_mut(),
         ) {
             Some("is partial or on an expression")
-        } else if *(*idx).rd_opfamily
-            != pg_sys::get_opclass_family(pg_sys::GetDefaultOpClass(
-                columns[0].type_oid,
-                pg_sys::BTREE_AM_OID,
-            ))
-        {
+        } else if (0..target.key_columns).any(|i| {
+            *(*idx).rd_opfamily.add(i)
+                != pg_sys::get_opclass_family(pg_sys::GetDefaultOpClass(
+                    columns[i].type_oid,
+                    pg_sys::BTREE_AM_OID,
+                ))
+        }) {
             Some("does not use the default operator class")
         } else {
             None
@@ -491,8 +527,9 @@ unsafe fn get<T: FromDatum>(values: Values<'_>, i: usize) -> T {
         .unwrap_or_else(|| crate::error::internal("reading a row", format!("column {i} is NULL")))
 }
 
-unsafe fn get_ts(values: Values<'_>, i: usize) -> i64 {
-    get::<pgrx::datum::TimestampWithTimeZone>(values, i).into_inner()
+unsafe fn get_opt<T: FromDatum>(values: Values<'_>, i: usize) -> Option<T> {
+    let (datum, isnull) = values[i];
+    T::from_datum(datum, isnull)
 }
 
 /// Reads a `SessionRow` from a tuple fetched with (at least) the columns

@@ -118,8 +118,8 @@ fn identify_locked(
     parsed: &Parsed,
     row: &SessionRow,
 ) -> Option<Presented> {
-    identify(parsed, row, |digest, session| {
-        store::find_blacklisted(client, digest, session)
+    identify(parsed, row, |parsed| {
+        store::find_blacklisted(client, parsed)
     })
 }
 

@@ -22,10 +22,12 @@ use pgrx::pg_sys::PgBuiltInOids as T;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
 use pgrx::{pg_sys, FromDatum, IntoDatum, PgOid};
 
+use crate::blacklist::{self, Blacklisted, Kept, ListedPair};
 use crate::clock::Micros;
 use crate::error;
 use crate::ids::SessionId;
 use crate::session_row::{column_list, session_row_columns, SessionRow};
+use crate::token::Parsed;
 
 /// A statement and the types of its parameters.
 pub struct Stmt {
@@ -192,11 +194,6 @@ pub fn ts_col(row: &SpiHeapTupleData<'_>, n: usize) -> Option<i64> {
     col::<pgrx::datum::TimestampWithTimeZone>(row, n).map(|t| t.into_inner())
 }
 
-pub fn req_ts(row: &SpiHeapTupleData<'_>, n: usize) -> i64 {
-    ts_col(row, n)
-        .unwrap_or_else(|| error::internal("reading a row", format!("column {n} is NULL")))
-}
-
 /// Rows a data-modifying statement touched.
 pub fn affected(client: &mut SpiClient<'_>, stmt: &Stmt, args: &[DatumWithOid<'_>]) -> u64 {
     run(client, stmt, args, |t| t.len() as u64)
@@ -240,14 +237,18 @@ pub static LIST_USER: Stmt = Stmt {
     writes: false,
 };
 
+/// The blacklisted pairs of a session: of one generation, or with `$2`
+/// NULL (a token of 0.1.0 carries none) all of them (`blacklist`).
+///
 /// Run as a writer for a fresh snapshot, like the row lock before it: an
 /// entry committed by a rotation after the calling statement began must be
 /// seen, or a replayed ancestor would pass for `invalid` instead of reuse.
 pub static FIND_BLACKLISTED: Stmt = Stmt {
     name: "find_blacklisted",
-    sql: "SELECT kind, generation, expires_at FROM session_auth.blacklist \
-          WHERE digest = $1 AND session_id = $2",
-    args: &[T::BYTEAOID, T::UUIDOID],
+    sql: "SELECT generation, access_digest, access_expires_at, refresh_digest, \
+          refresh_expires_at FROM session_auth.blacklist \
+          WHERE session_id = $1 AND ($2::int IS NULL OR generation = $2)",
+    args: &[T::UUIDOID, T::INT4OID],
     writes: true,
 };
 
@@ -287,12 +288,14 @@ pub static INSERT_SESSION: Stmt = Stmt {
 /// row) instead of branching the lineage; the caller falls back to locking.
 /// Every value taken from the row it read is fixed by those three columns.
 ///
-/// A digest whose token has already expired is not blacklisted: its entry
-/// could be purged at once, after which the token answers `invalid` anyway
-/// (the common case: a client refreshes once its access token expired).
-/// No `ON CONFLICT`: a current digest reaches the blacklist exactly once,
-/// when it stops being current, so a conflict cannot happen and the
-/// speculative-insertion check would be paid on every rotation for nothing.
+/// The old pair goes to the blacklist as one row (`blacklist`). A digest
+/// whose token has already expired is not kept (NULL), and a pair whose
+/// tokens have both expired gets no row: it could be purged at once, after
+/// which its tokens answer `invalid` anyway (the common case: a client
+/// refreshes once its access token expired). No `ON CONFLICT`: a pair
+/// reaches the blacklist exactly once, when it stops being current, so a
+/// conflict cannot happen and the speculative-insertion check would be paid
+/// on every rotation for nothing.
 static ROTATE: Stmt = Stmt {
     name: "rotate",
     sql: "WITH rotated AS ( \
@@ -311,12 +314,14 @@ static ROTATE: Stmt = Stmt {
               AND revoked_at IS NULL \
             RETURNING 1), \
           listed AS ( \
-            INSERT INTO session_auth.blacklist \
-              (digest, session_id, kind, generation, revoked_at, expires_at, reason) \
-            SELECT * FROM (VALUES ($11, $1, 'access', $12, $2, $13, $14), \
-                                  ($15, $1, 'refresh', $12, $2, $16, $14)) \
-                     AS d(digest, session_id, kind, generation, revoked_at, expires_at, reason) \
-            WHERE d.expires_at > $2 AND EXISTS (SELECT FROM rotated)) \
+            INSERT INTO session_auth.blacklist (session_id, generation, \
+              access_digest, access_expires_at, refresh_digest, refresh_expires_at, \
+              revoked_at, expires_at, reason) \
+            SELECT $1, $12, \
+              CASE WHEN $13 > $2 THEN $11 END, CASE WHEN $13 > $2 THEN $13 END, \
+              CASE WHEN $16 > $2 THEN $15 END, CASE WHEN $16 > $2 THEN $16 END, \
+              $2, greatest($13, $16), $14 \
+            WHERE greatest($13, $16) > $2 AND EXISTS (SELECT FROM rotated)) \
           SELECT 1 FROM rotated",
     args: &[
         T::UUIDOID,
@@ -397,14 +402,17 @@ pub static REVOKE: Stmt = Stmt {
             RETURNING session_id, user_id, generation, access_digest, access_expires_at, \
                       refresh_digest, refresh_expires_at), \
           b AS ( \
-            INSERT INTO session_auth.blacklist \
-              (digest, session_id, kind, generation, revoked_at, expires_at, reason) \
-            SELECT d.digest, r.session_id, d.kind, r.generation, $2, d.expires_at, $3 FROM r, \
-              LATERAL (VALUES (r.access_digest, 'access', r.access_expires_at), \
-                              (r.refresh_digest, 'refresh', r.refresh_expires_at)) \
-                      AS d(digest, kind, expires_at) \
-            WHERE d.expires_at > $2 \
-            ON CONFLICT (digest) DO NOTHING), \
+            INSERT INTO session_auth.blacklist (session_id, generation, \
+              access_digest, access_expires_at, refresh_digest, refresh_expires_at, \
+              revoked_at, expires_at, reason) \
+            SELECT r.session_id, r.generation, \
+              CASE WHEN r.access_expires_at > $2 THEN r.access_digest END, \
+              CASE WHEN r.access_expires_at > $2 THEN r.access_expires_at END, \
+              CASE WHEN r.refresh_expires_at > $2 THEN r.refresh_digest END, \
+              CASE WHEN r.refresh_expires_at > $2 THEN r.refresh_expires_at END, \
+              $2, greatest(r.access_expires_at, r.refresh_expires_at), $3 FROM r \
+            WHERE greatest(r.access_expires_at, r.refresh_expires_at) > $2 \
+            ON CONFLICT (session_id, generation) DO NOTHING), \
           e AS ( \
             INSERT INTO session_auth.events (event, at, session_id, user_id, details) \
             SELECT $3, $2, r.session_id, r.user_id, $4 FROM r \
@@ -605,14 +613,6 @@ pub static RECORD_PURGE: Stmt = Stmt {
 // ---------------------------------------------------------------------------
 // Rows.
 
-/// A blacklist entry matching a presented digest.
-#[derive(Clone, Debug)]
-pub struct Blacklisted {
-    pub kind: String,
-    pub generation: i32,
-    pub expires_at: i64,
-}
-
 pub fn first_row<'conn, R>(
     mut table: SpiTupleTable<'conn>,
     read: impl FnOnce(&SpiHeapTupleData<'conn>) -> R,
@@ -620,21 +620,30 @@ pub fn first_row<'conn, R>(
     table.next().map(|row| read(&row))
 }
 
-pub fn find_blacklisted(
-    client: &mut SpiClient<'_>,
-    digest: &[u8],
-    session_id: &SessionId,
-) -> Option<Blacklisted> {
+/// The blacklist entry of the presented token (`blacklist`), read with a
+/// fresh snapshot.
+pub fn find_blacklisted(client: &mut SpiClient<'_>, parsed: &Parsed) -> Option<Blacklisted> {
     run(
         client,
         &FIND_BLACKLISTED,
-        &[bytes(digest), uuid(session_id)],
+        &[uuid(&parsed.session), parsed.generation.into()],
         |t| {
-            first_row(t, |r| Blacklisted {
-                kind: req(r, 1),
-                generation: req(r, 2),
-                expires_at: req_ts(r, 3),
-            })
+            let pairs: Vec<ListedPair> = t.map(|r| read_listed_pair(&r)).collect();
+            blacklist::find(parsed, pairs)
         },
     )
+}
+
+fn read_listed_pair(r: &SpiHeapTupleData<'_>) -> ListedPair {
+    let kept = |digest: usize| {
+        Some(Kept {
+            digest: col::<Vec<u8>>(r, digest)?,
+            expires_at: ts_col(r, digest + 1)?,
+        })
+    };
+    ListedPair {
+        generation: req(r, 1),
+        access: kept(2),
+        refresh: kept(4),
+    }
 }

@@ -79,14 +79,6 @@ impl Kind {
             Kind::Refresh => "pgsa_rt_",
         }
     }
-
-    /// The word stored in `session_auth.blacklist.kind`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Kind::Access => "access",
-            Kind::Refresh => "refresh",
-        }
-    }
 }
 
 /// A token whose shape is right. Whether it was ever issued is for the

@@ -88,7 +88,7 @@ CASES = {
     "pkey_on_another_table": [
         "ALTER TABLE session_auth.sessions DROP CONSTRAINT sessions_pkey",
         "ALTER TABLE session_auth.blacklist DROP CONSTRAINT blacklist_pkey",
-        "CREATE UNIQUE INDEX sessions_pkey ON session_auth.blacklist (session_id, digest)",
+        "CREATE UNIQUE INDEX sessions_pkey ON session_auth.blacklist (session_id, generation)",
     ],
     "user_id_bigint": [
         "DELETE FROM session_auth.sessions",
@@ -101,7 +101,16 @@ CASES = {
         "ALTER TABLE session_auth.sessions DROP CONSTRAINT sessions_pkey",
     ],
     "blacklist_digest_text": [
-        "ALTER TABLE session_auth.blacklist ALTER COLUMN digest TYPE text USING encode(digest, 'hex')",
+        "ALTER TABLE session_auth.blacklist ALTER COLUMN access_digest TYPE text USING encode(access_digest, 'hex')",
+    ],
+    # The blacklist's key has two columns: the probe trusts their order.
+    "blacklist_key_columns_swapped": [
+        "ALTER TABLE session_auth.blacklist DROP CONSTRAINT blacklist_pkey",
+        "CREATE UNIQUE INDEX blacklist_pkey ON session_auth.blacklist (generation, session_id)",
+    ],
+    "blacklist_key_one_column": [
+        "ALTER TABLE session_auth.blacklist DROP CONSTRAINT blacklist_pkey",
+        "CREATE INDEX blacklist_pkey ON session_auth.blacklist (session_id)",
     ],
 }
 

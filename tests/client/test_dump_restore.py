@@ -65,7 +65,7 @@ def snapshot(conn):
 
     return {
         "sessions": rows("SELECT t::text AS t FROM session_auth.sessions t ORDER BY session_id"),
-        "blacklist": rows("SELECT t::text AS t FROM session_auth.blacklist t ORDER BY digest"),
+        "blacklist": rows("SELECT t::text AS t FROM session_auth.blacklist t ORDER BY session_id, generation"),
         "events": rows("SELECT t::text AS t FROM session_auth.events t ORDER BY event_id"),
         "counts": conn.execute(
             "SELECT (SELECT count(*) FROM session_auth.sessions) AS sessions, "

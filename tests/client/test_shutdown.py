@@ -19,12 +19,7 @@ FAST = ["session_auth.purge_interval = '200ms'", "max_connections = 40", "max_pr
 
 def backlog(db, n):
     """n expired blacklist rows, written directly (a purge backlog)."""
-    db.execute(
-        "INSERT INTO session_auth.blacklist (digest, session_id, kind, generation, revoked_at, expires_at, reason) "
-        "SELECT sha256(g::text::bytea), gen_random_uuid(), 'access', 1, now() - interval '2 h', "
-        "       now() - interval '1 h', 'superseded' FROM generate_series(1, %s) g",
-        [n],
-    )
+    sa.add_expired_blacklist(db, n)
 
 
 def purging(db, pid):

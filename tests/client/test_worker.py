@@ -16,6 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import sa
+
 from conftest import Cluster, connect_retry, lib_sh, own_cluster, pg_ctl, wait_until, worker_pid  # noqa: F401
 
 FAST = ["session_auth.purge_interval = '200ms'", "max_connections = 40"]
@@ -178,13 +180,7 @@ def test_large_purge_never_blocks_validate(own_cluster, capsys):
         " now() + interval '30 min', now() + interval '12 h', now() + interval '30 min' "
         "FROM generate_series(1, 99000) g"
     )
-    db.execute(
-        "INSERT INTO session_auth.blacklist (digest, session_id, kind, generation, revoked_at, "
-        " expires_at, reason) "
-        "SELECT sha256(('x' || g)::bytea), gen_random_uuid(), 'refresh', 1, now() - interval '2 h', "
-        " now() - interval '1 h' + g * interval '1 ms', 'superseded' "
-        "FROM generate_series(1, 1000000) g"
-    )
+    sa.add_expired_blacklist(db, 1_000_000, spread_ms=1)
     db.execute("ANALYZE session_auth.blacklist")
     db.execute("ANALYZE session_auth.sessions")
 
@@ -311,11 +307,7 @@ def test_a_vacuum_that_skip_locked_passed_over_is_logged_as_skipped(own_cluster)
     db.execute("CREATE EXTENSION pg_session_auth")
     holder = c.connect(autocommit=False)
     holder.execute("LOCK TABLE session_auth.blacklist IN SHARE UPDATE EXCLUSIVE MODE")  # VACUUM's lock
-    db.execute(
-        "INSERT INTO session_auth.blacklist (digest, session_id, kind, generation, revoked_at, "
-        " expires_at, reason) "
-        "SELECT sha256(('skip' || g)::bytea), gen_random_uuid(), 'refresh', 1, now() - interval '2 h', "
-        " now() - interval '1 h', 'superseded' FROM generate_series(1, 5000) g")
+    sa.add_expired_blacklist(db, 5000)
     skipped = re.compile(r"pg_session_auth purge: skipped VACUUM of [a-z_., ]*session_auth\.blacklist")
     vacuumed = re.compile(r"pg_session_auth purge: vacuumed [a-z_., ]*session_auth\.blacklist")
     assert wait_until(lambda: skipped.search(c.log_text()), 30), c.log_text()[-2000:]

@@ -301,12 +301,7 @@ def test_a_database_owner_cannot_turn_the_workers_into_itself(own_cluster):
 def expired_backlog(db, rows):
     """`rows` blacklist entries that expired an hour ago (what ordinary
     expiry traffic leaves)."""
-    db.execute(
-        "INSERT INTO session_auth.blacklist (digest, session_id, kind, generation, revoked_at, "
-        " expires_at, reason) "
-        "SELECT sha256(('backlog' || g)::bytea), gen_random_uuid(), 'refresh', 1, "
-        " now() - interval '2 h', now() - interval '1 h', 'superseded' "
-        "FROM generate_series(1, %s) g", [rows])
+    sa.add_expired_blacklist(db, rows)
     db.execute("ANALYZE session_auth.blacklist")
 
 

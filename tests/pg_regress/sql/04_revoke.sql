@@ -19,8 +19,10 @@ SELECT status AS refresh FROM session_refresh(:'r1');
 -- One 'revoked' event, and the session's current pair on the blacklist.
 SELECT event, user_id, details FROM session_auth.events
 WHERE session_id = :'s1' ORDER BY event_id;
-SELECT kind, reason, expires_at > revoked_at AS kept_until_expiry
-FROM session_auth.blacklist WHERE session_id = :'s1' ORDER BY kind;
+SELECT generation, access_digest IS NOT NULL AS access_kept,
+       refresh_digest IS NOT NULL AS refresh_kept, reason,
+       expires_at > revoked_at AS kept_until_expiry
+FROM session_auth.blacklist WHERE session_id = :'s1';
 
 -- Logout with the refresh token.
 SELECT access_token AS a1, refresh_token AS r1 FROM session_issue('alice@revoke') \gset

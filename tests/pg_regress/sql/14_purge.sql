@@ -56,7 +56,8 @@ SELECT access_token AS bob_at FROM session_issue('bob@purge') \gset
 SELECT session_revoke(:'bob_at') AS bob_logged_out;
 
 -- What the DBA sees: alice live; short3 and bob revoked; short1 and short2
--- expired but not yet purged; two blacklist entries per refresh or logout;
+-- expired but not yet purged; a blacklist entry (the pair) per refresh or
+-- logout;
 -- five logins and two logouts in the last hour.
 SELECT live_sessions, revoked_sessions, expired_sessions, blacklist_entries,
        events_last_hour
@@ -89,7 +90,8 @@ SELECT session_purge() AS removed;
 -- Everything expired is gone; the live rows stay.
 SELECT user_id, revoked_at IS NOT NULL AS revoked, revoked_reason
 FROM session_auth.sessions ORDER BY user_id;
-SELECT s.user_id, b.kind, b.reason
+SELECT s.user_id, b.generation, b.access_digest IS NOT NULL AS access_kept,
+       b.refresh_digest IS NOT NULL AS refresh_kept, b.reason
 FROM session_auth.blacklist b JOIN session_auth.sessions s USING (session_id)
 ORDER BY 1, 2;
 SELECT count(*) AS blacklist_entries_without_session
@@ -106,7 +108,8 @@ UNION ALL SELECT 'alice access', status FROM session_validate(:'alice_at')
 UNION ALL SELECT 'bob access', status FROM session_validate(:'bob_at');
 
 -- The stats after the loop. The last pass recorded is the last call that
--- removed something (the one that found the last two blacklist entries);
+-- removed something (the one that found the last blacklist entry, the
+-- expired session and the old events);
 -- calls that removed nothing leave the record alone.
 SELECT live_sessions, revoked_sessions, expired_sessions, blacklist_entries,
        events_last_hour
