@@ -23,6 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use proptest::prelude::*;
 
+use crate::blacklist::{self, Blacklisted, Kept, ListedPair};
 use crate::clock::{self, Effective, Micros, NewPair, Policy, Stored, SECOND};
 use crate::ids::SessionId;
 use crate::lineage::{
@@ -32,7 +33,6 @@ use crate::retry_keys::RetryKey;
 use crate::retry_pair;
 use crate::session_row::SessionRow;
 use crate::standby::{self, Found, Position};
-use crate::store::Blacklisted;
 use crate::token::{self, Kind, Secret, FIRST_GENERATION, LEGACY_TOKEN_LEN, TOKEN_LEN};
 
 const MINUTE: Micros = 60 * SECOND;
@@ -309,8 +309,23 @@ fn flip_ascii_bit(token: &str, at: usize, bit: u8) -> String {
     String::from_utf8(bytes).expect("ASCII stays UTF-8")
 }
 
-fn no_blacklist(_: &[u8], _: &SessionId) -> Option<Blacklisted> {
+fn no_blacklist(_: &token::Parsed) -> Option<Blacklisted> {
     None
+}
+
+/// The blacklist row of a pair of real tokens (access, refresh).
+fn listed(generation: i32, access: &str, refresh: &str) -> ListedPair {
+    let kept = |t: &str| {
+        Some(Kept {
+            digest: token::digest(t).to_vec(),
+            expires_at: i64::MAX,
+        })
+    };
+    ListedPair {
+        generation,
+        access: kept(access),
+        refresh: kept(refresh),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -398,6 +413,9 @@ proptest! {
         prop_assert_ne!(&mutated, genuine);
         if let Some(parsed) = token::parse(&mutated, None) {
             prop_assert_eq!(identify(&parsed, &row, no_blacklist), None);
+            // Nor is it found on the blacklist beside the genuine tokens.
+            let both = [listed(1, &tokens[0], &tokens[1]), listed(2, &tokens[2], &tokens[3])];
+            prop_assert_eq!(blacklist::find(&parsed, both), None);
         }
         // ... while the genuine token is what it was issued as.
         let parsed = token::parse(genuine, None).expect("genuine");
