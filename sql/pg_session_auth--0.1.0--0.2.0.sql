@@ -42,13 +42,25 @@ UPDATE session_auth.sessions SET
 -- per token digest (src/blacklist.rs). 0.1.0 put both tokens of a pair in
 -- with the same session, generation and reason; each keeps its deadline.
 -- The table is rebuilt, so the update takes a moment per million entries.
--- The stats view reads it: it is made again over the new table from its
--- own definition (unchanged since 0.1.0), before the old table goes.
+-- Storage parameters a DBA set on it (say autovacuum_vacuum_scale_factor,
+-- which the README suggests) are carried over; grants on it to other roles
+-- are not (the README says to grant again). The stats view reads it: it is
+-- made again over the new table from its own definition (unchanged since
+-- 0.1.0), before the old table goes. The block runs with nothing but
+-- pg_catalog on the search_path: the definition is deparsed and parsed again
+-- there, so every name in it resolves to what it did (the update's own path
+-- holds the target schema, where a role may have planted a look-alike
+-- jsonb_object_agg).
 DO $$
 DECLARE
-    stats_definition pg_catalog.text :=
-        pg_catalog.pg_get_viewdef('session_auth.stats'::pg_catalog.regclass);
+    update_path pg_catalog.text := pg_catalog.current_setting('search_path');
+    stats_definition pg_catalog.text;
+    storage pg_catalog.text[];
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    stats_definition := pg_catalog.pg_get_viewdef('session_auth.stats'::pg_catalog.regclass);
+    SELECT c.reloptions INTO storage FROM pg_catalog.pg_class AS c
+     WHERE c.oid OPERATOR(pg_catalog.=) 'session_auth.blacklist'::pg_catalog.regclass;
     ALTER TABLE session_auth.blacklist RENAME TO blacklist_0_1_0;
     ALTER INDEX session_auth.blacklist_pkey RENAME TO blacklist_0_1_0_pkey;
     ALTER INDEX session_auth.blacklist_expires_at_idx RENAME TO blacklist_0_1_0_expires_at_idx;
@@ -64,8 +76,13 @@ BEGIN
         reason              text        NOT NULL,
         PRIMARY KEY (session_id, generation)
     );
+    IF storage IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER TABLE session_auth.blacklist SET (%s)',
+                                  pg_catalog.array_to_string(storage, ', '));
+    END IF;
     EXECUTE 'CREATE OR REPLACE VIEW session_auth.stats AS '
             OPERATOR(pg_catalog.||) stats_definition;
+    PERFORM pg_catalog.set_config('search_path', update_path, true);
 END
 $$;
 INSERT INTO session_auth.blacklist

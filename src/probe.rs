@@ -2,7 +2,7 @@
 //! and for the writers' check of a token before they lock anything.
 //!
 //! A validate is one lookup of a session row by its primary key, and rarely
-//! a second one of the blacklist by digest. Going through SPI would cost a
+//! a second one of the blacklist by session and generation. Going through SPI would cost a
 //! connect, an executor start and end, and a `SET search_path` push and pop
 //! per call; a probe opens the index, fetches one tuple under the caller's
 //! snapshot and copies out the columns it needs. It runs no SQL, so no
@@ -14,7 +14,8 @@
 //! before it is trusted: the first probe of a table after any change to it
 //! (a relcache invalidation; see `forget_layouts`) checks that the relation
 //! is a plain table, that the index is a valid, ready, non-partial btree on
-//! that table's key column with its type's default operator class, and that
+//! that table's key columns, in order, each with its type's default operator
+//! class, and that
 //! every column the probe reads exists with the expected type. Anything else
 //! raises one clear error (`55000`, naming the object); in 0.1.0 a
 //! partitioned table, a view, or a changed column type crashed the server.

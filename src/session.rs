@@ -253,7 +253,8 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     let (row, presented) = probe_unlocked(&parsed).ok_or(Status::Invalid)?;
     let now = statement_now();
     let policy = Policy::current();
-    let was_current = matches!(presented, Presented::Current);
+    let was_current =
+        matches!(presented, Presented::Current) || current_when_the_statement_began(&parsed);
     store::connect(|client| {
         housekeeping(client, now);
         if was_current {
@@ -266,6 +267,17 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
             }
         }
         refresh_locked(client, &parsed, token, now, &policy, was_current)
+    })
+}
+
+/// Whether the refresh token was its session's current one under the
+/// calling statement's snapshot. The writer's snapshot (`probe_unlocked`) is
+/// newer: a rotation that committed in between shows there as this token's
+/// parent, yet this call began while the token was current, so it raced
+/// that rotation and gets its pair (rule 7), whatever `refresh_grace` is.
+fn current_when_the_statement_began(parsed: &Parsed) -> bool {
+    probe::session_row(&parsed.session).is_some_and(|row| {
+        identify(parsed, &row, |_| None).is_some_and(|p| p == Presented::Current)
     })
 }
 

@@ -237,8 +237,7 @@ pub static LIST_USER: Stmt = Stmt {
     writes: false,
 };
 
-/// The blacklisted pairs of a session: of one generation, or with `$2`
-/// NULL (a token of 0.1.0 carries none) all of them (`blacklist`).
+/// The blacklisted pair of a session's generation (`blacklist`).
 ///
 /// Run as a writer for a fresh snapshot, like the row lock before it: an
 /// entry committed by a rotation after the calling statement began must be
@@ -247,8 +246,18 @@ pub static FIND_BLACKLISTED: Stmt = Stmt {
     name: "find_blacklisted",
     sql: "SELECT generation, access_digest, access_expires_at, refresh_digest, \
           refresh_expires_at FROM session_auth.blacklist \
-          WHERE session_id = $1 AND ($2::int IS NULL OR generation = $2)",
+          WHERE session_id = $1 AND generation = $2",
     args: &[T::UUIDOID, T::INT4OID],
+    writes: true,
+};
+
+/// All the blacklisted pairs of a session, for a token of 0.1.0 (which
+/// names no generation); as `FIND_BLACKLISTED` otherwise.
+pub static FIND_BLACKLISTED_LEGACY: Stmt = Stmt {
+    name: "find_blacklisted_legacy",
+    sql: "SELECT generation, access_digest, access_expires_at, refresh_digest, \
+          refresh_expires_at FROM session_auth.blacklist WHERE session_id = $1",
+    args: &[T::UUIDOID],
     writes: true,
 };
 
@@ -623,15 +632,24 @@ pub fn first_row<'conn, R>(
 /// The blacklist entry of the presented token (`blacklist`), read with a
 /// fresh snapshot.
 pub fn find_blacklisted(client: &mut SpiClient<'_>, parsed: &Parsed) -> Option<Blacklisted> {
-    run(
-        client,
-        &FIND_BLACKLISTED,
-        &[uuid(&parsed.session), parsed.generation.into()],
-        |t| {
-            let pairs: Vec<ListedPair> = t.map(|r| read_listed_pair(&r)).collect();
-            blacklist::find(parsed, pairs)
-        },
-    )
+    let read = |t: SpiTupleTable<'_>| {
+        let pairs: Vec<ListedPair> = t.map(|r| read_listed_pair(&r)).collect();
+        blacklist::find(parsed, pairs)
+    };
+    match parsed.generation {
+        Some(generation) => run(
+            client,
+            &FIND_BLACKLISTED,
+            &[uuid(&parsed.session), generation.into()],
+            read,
+        ),
+        None => run(
+            client,
+            &FIND_BLACKLISTED_LEGACY,
+            &[uuid(&parsed.session)],
+            read,
+        ),
+    }
 }
 
 fn read_listed_pair(r: &SpiHeapTupleData<'_>) -> ListedPair {

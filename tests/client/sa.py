@@ -146,13 +146,17 @@ def error_texts(exc):
 def add_expired_blacklist(conn, rows, expired="1 hour", spread_ms=0):
     """Writes `rows` blacklist entries (superseded pairs of made-up
     sessions) that expired `expired` ago, written directly as a purge
-    backlog; with `spread_ms`, entry g expired g * spread_ms later."""
-    conn.execute(
-        "INSERT INTO session_auth.blacklist (session_id, generation, refresh_digest, "
-        " refresh_expires_at, revoked_at, expires_at, reason) "
-        "SELECT gen_random_uuid(), 1, substr(sha256(('backlog' || g)::bytea), 1, 16), t, "
-        "       t - interval '1 h', t, 'superseded' "
-        "FROM generate_series(1, %s) g, "
-        "     LATERAL (SELECT now() - %s::interval + g * %s * interval '1 ms' AS t) AS e",
-        [rows, expired, spread_ms],
-    )
+    backlog; with `spread_ms`, entry g expired g * spread_ms later. Under
+    search_path pg_catalog only, so look-alike functions or operators a test
+    planted elsewhere are never called."""
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        conn.execute(
+            "INSERT INTO session_auth.blacklist (session_id, generation, refresh_digest, "
+            " refresh_expires_at, revoked_at, expires_at, reason) "
+            "SELECT gen_random_uuid(), 1, substr(sha256(('backlog' || g)::bytea), 1, 16), t, "
+            "       t - interval '1 h', t, 'superseded' "
+            "FROM generate_series(1, %s) g, "
+            "     LATERAL (SELECT now() - %s::interval + g * %s * interval '1 ms' AS t) AS e",
+            [rows, expired, spread_ms],
+        )

@@ -242,7 +242,9 @@ def test_planted_operators_and_functions_never_run_with_elevated_rights(own_clus
     su.execute("RESET search_path")
 
     # Worker passes with work to do and a VACUUM decision: 2,000 expired
-    # blacklist rows (1,000 dead rows make a table due).
+    # blacklist rows (1,000 dead rows make a table due): 1,000 superseded
+    # pairs of these refreshes (one row a pair) and 1,000 written directly.
+    sa.add_expired_blacklist(su, 1000)
     su.execute("SET session_auth.access_ttl = '1s'")
     su.execute("SET session_auth.idle_timeout = '1s'")
     for i in range(1000):

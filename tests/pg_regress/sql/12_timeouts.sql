@@ -114,7 +114,7 @@ COMMIT;
 -- access_expires_at a call returns is the one validate enforces, and a retry
 -- inside the grace window returns the same deadline as the first answer.
 SET session_auth.access_ttl = '1h';
-SET session_auth.idle_timeout = '2s';
+SET session_auth.idle_timeout = '30s';
 SELECT access_token AS at, refresh_token AS rt,
        access_expires_at - statement_timestamp() AS access_lifetime,
        access_expires_at AS issued_access_expires_at

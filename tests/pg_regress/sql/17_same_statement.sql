@@ -25,10 +25,23 @@ SELECT data FROM session_list('dave@same-statement');
 SELECT session_revoke_user('erin@same-statement')
 FROM (SELECT session_issue('erin@same-statement')) AS just_issued;
 
--- A rotation and the retry of its parent in one statement: the second call
--- sees the first one's rotation, so it is the in-grace retry (the same pair),
--- not a second rotation.
+-- A rotation and a logout with the pair it returned, in one statement: the
+-- revoke sees the rotation that an earlier call of its statement made.
 SELECT refresh_token AS rt FROM session_issue('frank@same-statement') \gset
+SELECT r.status, session_revoke(r.access_token) AS revoked_with_the_new_pair
+FROM session_refresh(:'rt') AS r;
+SELECT status AS the_parent_after_logout FROM session_refresh(:'rt');
+
+-- Under REPEATABLE READ the writer's snapshot is the transaction's, with
+-- the statement's own writes visible.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT status FROM session_refresh((SELECT refresh_token FROM session_issue('gina@same-statement')));
+COMMIT;
+
+-- Three refreshes of one token in one statement: the first rotates; the
+-- others find the pair it made (they see its rotation) and get that pair
+-- again as retries inside the grace window (rule 2).
+SELECT refresh_token AS rt FROM session_issue('hank@same-statement') \gset
 SELECT count(*) AS calls, count(DISTINCT r.refresh_token) AS distinct_pairs, min(r.status) AS status
 FROM generate_series(1, 3) AS g,
      LATERAL session_refresh(:'rt' || left(g::text, 0)) AS r;
