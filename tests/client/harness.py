@@ -6,8 +6,9 @@ shell helpers of scripts/lib.sh (Unix socket in its own directory under
 logging off, so the server log shows every SQL text but no parameter value.
 The extension is created in database `postgres`.
 
-At the end of the session the server log is checked once more for every
-token any test saw (`sa.TOKENS`) and for signs of a crashed backend.
+At the end of the session amcheck checks the extension's tables and indexes
+(`consistency`), and the server log is checked once more for every token
+any test saw (`sa.TOKENS`) and for signs of a crashed backend.
 """
 
 import os
@@ -22,6 +23,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+import consistency
 import sa
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +106,8 @@ def cluster():
         yield c
         for conn in c.connections:
             conn.close()
+        with c.connect() as conn:  # what every test left: physically consistent
+            print("\n" + consistency.assert_consistent(conn).summary())
         _final_log_checks(c)
     finally:
         for conn in c.connections:
