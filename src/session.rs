@@ -253,13 +253,17 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
     let (row, presented) = probe_unlocked(&parsed).ok_or(Status::Invalid)?;
     let now = statement_now();
     let policy = Policy::current();
-    let was_current =
-        matches!(presented, Presented::Current) || current_when_the_statement_began(&parsed);
+    let current = matches!(presented, Presented::Current);
+    let was_current = current || current_when_the_statement_began(&parsed);
     store::connect(|client| {
         housekeeping(client, now);
-        if was_current {
-            // The common case, without a separate row lock: the rotation
-            // applies only if the row still holds this token (see ROTATE).
+        // The common case, without a separate row lock: the rotation applies
+        // only if the row still holds the pair it was read with (ROTATE's
+        // guard), and that pair must be the presented token's. (A token that
+        // was current only under the statement's older snapshot is the
+        // parent of `row`: rotating `row` would supersede a pair this call
+        // never held.)
+        if current {
             if let Some(effective) = rotatable(&row, now, &policy) {
                 if let Some(pair) = rotate(client, &row, token, now, &policy, effective) {
                     return Ok(pair);
@@ -325,6 +329,11 @@ fn rotate(
     policy: &Policy,
     effective: Effective,
 ) -> Option<Pair> {
+    // The new pair supersedes the presented token, so it must be the row's
+    // current one; anything else would branch the lineage.
+    if !token::same_digest(&token::digest(presented_refresh), Some(&row.refresh_digest)) {
+        error::internal("rotate", "the presented token is not the row's current one");
+    }
     let grace_until = now.saturating_add(policy.refresh_grace);
     let key = retry_keys::for_rotation(client, now, grace_until);
     let (access, refresh) = retry_pair::derive(
