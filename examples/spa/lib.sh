@@ -44,8 +44,13 @@ spa_start_app() {
         || { [ -z "$log" ] || cat "$log" >&2; die "the spa example did not start on port $port"; }
 }
 
+# The demo's server: plain http on loopback, so the refresh cookie without
+# Secure (SPA_COOKIE_SECURE=0), and the current TOTP code in the step-up
+# challenge (SPA_DEMO_CODE=1) for a user who has no authenticator app. Both
+# are off by default (server.js).
 spa_server() {
     PGHOST=$EXAMPLE_DIR PGPORT=$EXAMPLE_PGPORT PGUSER=$EXAMPLE_ROLE PGDATABASE=postgres SPA_MAX_AUTH_AGE=$2 \
+        SPA_COOKIE_SECURE=0 SPA_DEMO_CODE=1 \
         exec node "$SPA_DIR/server.js" --host 127.0.0.1 --port "$1"
 }
 

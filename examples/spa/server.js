@@ -11,7 +11,11 @@
 //
 // Environment: PGHOST, PGPORT, PGUSER, PGDATABASE (the app's database role),
 // SPA_MAX_AUTH_AGE (seconds a sign-in stays fresh enough for the sensitive
-// endpoint; 60). examples/spa/run starts it with a throwaway cluster.
+// endpoint; 60), SPA_STATEMENT_TIMEOUT_MS (the server-side timeout of every
+// database call; 3000), SPA_COOKIE_SECURE (1, the default: the refresh
+// cookie is Secure; 0 for plain http), SPA_DEMO_CODE (1: the step-up
+// challenge shows the current TOTP code; off by default). examples/spa/run
+// starts it with a throwaway cluster, plain http and the demo code.
 
 const fs = require('node:fs');
 const http = require('node:http');

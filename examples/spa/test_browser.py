@@ -9,7 +9,9 @@ loopback), EXAMPLE_APP_DSN / EXAMPLE_SUPERUSER_DSN (the cluster),
 EXAMPLE_SERVER_LOG and EXAMPLE_APP_LOG, EXAMPLE_PGDATA and EXAMPLE_PG_CTL (to
 stop and start the cluster), and the short timings the cluster and the
 server were started with (EXAMPLE_ACCESS_TTL, EXAMPLE_REFRESH_GRACE,
-EXAMPLE_MAX_AUTH_AGE, seconds).
+EXAMPLE_MAX_AUTH_AGE, seconds). That server runs as examples/spa/run does
+(plain http: SPA_COOKIE_SECURE=0; the demo's TOTP code: SPA_DEMO_CODE=1);
+one test starts another with the defaults.
 """
 
 import http.client
@@ -18,6 +20,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 URL = os.environ.get("EXAMPLE_URL")
 if not URL:
@@ -44,10 +48,14 @@ ACCESS_TTL = float(os.environ["EXAMPLE_ACCESS_TTL"])
 REFRESH_GRACE = float(os.environ["EXAMPLE_REFRESH_GRACE"])
 MAX_AUTH_AGE = float(os.environ["EXAMPLE_MAX_AUTH_AGE"])
 HOST, PORT = urlsplit(URL).hostname, urlsplit(URL).port
+SPA_DIR = Path(__file__).resolve().parent
 
 ALICE = ("alice@example.com", "correct horse battery staple")
 BOB = ("bob@example.com", "hunter2 is not a password")
 REFRESH = "/api/auth/refresh"
+LOGOUT = "/api/auth/logout"
+REAUTHENTICATE = "/api/auth/reauthenticate"
+COOKIE_PATH = "/api/auth/"  # the refresh cookie's: refresh and logout see it, nothing else
 CSRF = {"X-CSRF-Guard": "1"}
 BURST = 10  # the page's parallel calls per click
 # What a stack trace or an internal path looks like in an answer.
@@ -69,6 +77,10 @@ def validate_status(token):
     return sql(APP_DSN, "SELECT status FROM session_validate(%s)", (token,))[0][0]
 
 
+def validate_level(token):
+    return sql(APP_DSN, "SELECT auth_level FROM session_validate(%s)", (token,))[0][0]
+
+
 def events(session_id, event):
     return sql(
         SUPERUSER_DSN,
@@ -78,20 +90,32 @@ def events(session_id, event):
 
 
 @contextmanager
-def session_row_locked(session_id):
-    """Holds the session's row lock (FOR UPDATE, as a DBA's statement could)
-    until the block ends: a refresh of that session waits for it."""
+def session_row_locked(*session_ids):
+    """Holds the sessions' row locks (FOR UPDATE, as a DBA's statement could)
+    until the block ends: a refresh of such a session waits for it (until
+    the app's statement_timeout cancels it)."""
     with psycopg.connect(SUPERUSER_DSN) as conn:
-        conn.execute("SELECT FROM session_auth.sessions WHERE session_id = %s FOR UPDATE", (session_id,))
+        conn.execute("SELECT FROM session_auth.sessions WHERE session_id = ANY(%s) FOR UPDATE", (list(session_ids),))
         yield
 
 
-def refreshes_waiting():
+def calls_running(function, waiting_for_a_lock=False):
+    """How many of the app's calls of this function the server is running."""
+    lock = " AND wait_event_type = 'Lock'" if waiting_for_a_lock else ""
     return sql(
         SUPERUSER_DSN,
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND query LIKE '%%FROM session_refresh($1)%%'",
+        f"SELECT count(*) FROM pg_stat_activity WHERE state = 'active'{lock} AND query LIKE %s",
+        (f"%FROM {function}($1%",),
     )[0][0]
+
+
+def refreshes_waiting():
+    return calls_running("session_refresh", waiting_for_a_lock=True)
+
+
+def last_refreshed(user_id, session_id):
+    rows = sql(APP_DSN, "SELECT last_refreshed_at FROM session_list(%s) WHERE session_id = %s", (user_id, session_id))
+    return rows[0][0]
 
 
 def pg_ctl(*args):
@@ -123,8 +147,8 @@ def remember_tokens(text):
     SEEN_TOKENS.update(re.findall(r"pgsa_(?:at|rt)_[A-Za-z0-9_-]+", text))
 
 
-def call(method, path, body=None, headers=None) -> Answer:
-    conn = http.client.HTTPConnection(HOST, PORT, timeout=10)
+def call(method, path, body=None, headers=None, port=PORT) -> Answer:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -148,11 +172,37 @@ def raw_call(data: bytes) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def api_login(who, host=None) -> Answer:
+def api_login(who, host=None, port=PORT) -> Answer:
     headers = {"Content-Type": "application/json", **CSRF}
     if host:
         headers["Host"] = host
-    return call("POST", "/api/auth/login", json.dumps({"email": who[0], "password": who[1]}), headers)
+    return call("POST", "/api/auth/login", json.dumps({"email": who[0], "password": who[1]}), headers, port)
+
+
+def bearer(answer: Answer) -> dict:
+    """The Authorization header with the access token of a login or refresh answer."""
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def api_post(path, body, headers, port=PORT) -> Answer:
+    return call("POST", path, json.dumps(body), {"Content-Type": "application/json", **headers}, port)
+
+
+def api_reauthenticate(login: Answer, **answer) -> Answer:
+    """POST /api/auth/reauthenticate with the login's access token and {password} or {code}."""
+    return api_post(REAUTHENTICATE, answer, bearer(login))
+
+
+def step_up_challenge(login: Answer, port=PORT) -> Answer:
+    """The sensitive endpoint's answer to this fresh level-1 session: the RFC 9470 challenge."""
+    answer = api_post("/api/account/email", {"email": "nobody@example.com"}, bearer(login), port)
+    assert answer.status == 401 and 'acr_values="aal2"' in answer.headers["WWW-Authenticate"]
+    return answer
+
+
+def demo_code(login: Answer) -> str:
+    """The TOTP code the step-up challenge shows (SPA_DEMO_CODE=1) to this level-1 session."""
+    return step_up_challenge(login).json()["demo_code"]
 
 
 def refresh_cookie_of(answer: Answer):
@@ -262,12 +312,15 @@ def cookie_jar(ctx):
     return found
 
 
-def wait_until(condition, page, seconds=10.0):
-    """Polls condition while Playwright keeps dispatching the page's events."""
+def wait_until(condition, page=None, seconds=10.0):
+    """Polls condition (while Playwright keeps dispatching the page's events)."""
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"
-        page.wait_for_timeout(20)
+        if page is None:
+            time.sleep(0.02)
+        else:
+            page.wait_for_timeout(20)
 
 
 def two_tabs(device, who):
@@ -291,12 +344,12 @@ def test_tokens_live_in_memory_and_in_an_http_only_cookie(device):
     assert list(jar) == ["sa_refresh"]  # the access token is no cookie
     refresh = jar["sa_refresh"]
     assert refresh["value"].startswith("pgsa_rt_")
-    assert refresh["httpOnly"] and refresh["sameSite"] == "Strict" and refresh["path"] == REFRESH
-    assert not refresh["secure"]  # plain http on 127.0.0.1 only (below: Secure anywhere else)
+    assert refresh["httpOnly"] and refresh["sameSite"] == "Strict" and refresh["path"] == COOKIE_PATH
+    assert not refresh["secure"]  # SPA_COOKIE_SECURE=0: plain http (the defaults: test_the_defaults_...)
     storage = tab.page.evaluate("[document.cookie, localStorage.length, sessionStorage.length]")
     assert storage == ["", 0, 0]
     # The access token went in the Authorization header; the refresh cookie
-    # only to the refresh endpoint (never to /api/me).
+    # only to the /api/auth/ endpoints (never to /api/me).
     me = tab.to("/api/me")
     assert me and all(e.status == 200 for e in me)
     assert all("sa_refresh" not in e.cookie for e in me)
@@ -304,20 +357,21 @@ def test_tokens_live_in_memory_and_in_an_http_only_cookie(device):
     tab.expect_signed_in(ALICE[0])
     assert "sa_refresh=pgsa_rt_" in tab.refreshes()[-1].cookie  # what all_headers() shows
 
-    # Over anything but loopback (a TLS proxy in front), the cookie is Secure
-    # and takes the __Secure- prefix, which the browser enforces.
-    for host, name, secure in (
-        (f"127.0.0.1:{PORT}", "sa_refresh", False),
-        (f"localhost:{PORT}", "sa_refresh", False),
-        (f"spa.example.test:{PORT}", "__Secure-sa_refresh", True),
-    ):
-        answer = api_login(BOB, host=host)
+    # The configuration decides Secure, not the Host header (a client picks
+    # that): this server, told plain http, never sets Secure.
+    for host in (f"127.0.0.1:{PORT}", f"spa.example.test:{PORT}"):
+        answer = api_login(ALICE, host=host)
         assert answer.status == 200
         (cookie,) = answer.headers.get_all("Set-Cookie")
-        assert cookie.startswith(f"{name}=pgsa_rt_")
-        assert f"; Path={REFRESH};" in cookie and "; HttpOnly" in cookie and "; SameSite=Strict" in cookie
-        assert ("; Secure" in cookie) == secure
+        assert cookie.startswith("sa_refresh=pgsa_rt_"), host
+        assert f"; Path={COOKIE_PATH};" in cookie and "; HttpOnly" in cookie and "; SameSite=Strict" in cookie
+        assert "; Secure" not in cookie, host
         assert answer.json()["access_token"].startswith("pgsa_at_")
+
+    # Logout is the other endpoint the cookie reaches.
+    tab.page.click("#logout")
+    tab.expect_login_view("You are signed out")
+    assert "sa_refresh=pgsa_rt_" in tab.to(LOGOUT)[-1].cookie
 
 
 def test_bursts_at_expiry_in_two_tabs_refresh_once_per_tab_and_share_the_pair(device):
@@ -389,12 +443,13 @@ def test_logout_everywhere_bounces_the_other_tab_and_the_other_device(device):
     b.burst()
     b.expect_login_view("signed out in another tab")
     assert b.to("/api/me")[-1].status == 401 and 'error_description="revoked"' in b.to("/api/me")[-1].challenge
-    assert b.refreshes()[-1].body == {"error": "no_refresh_cookie", "detail": "sign in"}
+    assert b.refreshes()[-1].status == 400
+    assert b.refreshes()[-1].body == {"error": "invalid_request", "error_description": "no_refresh_cookie"}
 
     # The phone still has its cookie; the server refuses it: revoked.
     phone.burst()
     phone.expect_login_view("This session was ended")
-    assert phone.refreshes()[-1].body == {"error": "revoked"}
+    assert phone.refreshes()[-1].body == {"error": "invalid_grant", "error_description": "revoked"}
 
     # Plain logout revokes the session server-side and clears the cookie; the
     # reload stays signed out.
@@ -481,7 +536,7 @@ def test_a_replayed_refresh_token_logs_both_tabs_out(device):
     time.sleep(REFRESH_GRACE + 0.5)  # past the retry window
 
     replay = call("POST", REFRESH, headers={"Cookie": f"sa_refresh={stolen}", **CSRF})
-    assert replay.status == 401 and replay.json() == {"error": "reuse_detected"}
+    assert replay.status == 400 and replay.json() == {"error": "invalid_grant", "error_description": "reuse_detected"}
     assert events(sid, "reuse_detected") == 1
 
     # The extension revoked the whole session: each tab's next call is
@@ -491,8 +546,187 @@ def test_a_replayed_refresh_token_logs_both_tabs_out(device):
         tab.burst()
         tab.expect_login_view("This session was ended")
         assert 'error_description="revoked"' in tab.to("/api/me")[-1].challenge
-        assert tab.refreshes()[-1].body == {"error": "revoked"}
+        assert tab.refreshes()[-1].body == {"error": "invalid_grant", "error_description": "revoked"}
     assert events(sid, "reuse_detected") == 1
+
+
+def test_a_stale_tab_logs_out_with_the_cookie_and_the_session_really_ends(device):
+    ctx, a, b = two_tabs(device, ALICE)
+    sid = a.session_id()
+    b.page.reload()  # a second rotation: tab a's pair is two rotations old
+    b.expect_signed_in()
+    stale = a.to("/api/auth/login")[-1].body["access_token"]
+    current = b.refreshes()[-1].body["access_token"]
+    # What the purge does once the superseded pairs' deadlines have passed
+    # (the refresh tokens', idle_timeout later): nothing identifies them then.
+    assert sql(SUPERUSER_DSN, "DELETE FROM session_auth.blacklist WHERE session_id = %s RETURNING 1", (sid,))
+    assert validate_status(stale) == "invalid"
+
+    # That token alone (no cookie: another browser's, say) identifies no
+    # session: logout says so rather than "signed out", and the session lives on.
+    answer = call("POST", LOGOUT, headers={**CSRF, "Authorization": f"Bearer {stale}"})
+    assert (answer.status, answer.error) == (409, "logout_unconfirmed")
+    assert validate_status(current) == "ok"
+
+    # Tab a logs out: its access token revokes nothing, the cookie it sends
+    # (the current refresh token every tab shares) does.
+    cookie = cookie_jar(ctx)["sa_refresh"]["value"]
+    a.page.click("#logout")
+    a.expect_login_view("You are signed out")
+    assert a.to(LOGOUT)[-1].status == 200 and a.to(LOGOUT)[-1].body == {"revoked": True}
+    assert validate_status(current) == "revoked"
+    assert sid not in [str(r[0]) for r in sql(APP_DSN, "SELECT session_id FROM session_list('alice')")]
+    # The other tab's refresh token answers revoked (the cookie is gone from
+    # this browser, so present it by hand), and the tab lands on the login view.
+    refused = call("POST", REFRESH, headers={**CSRF, "Cookie": f"sa_refresh={cookie}"})
+    assert (refused.status, refused.json()) == (400, {"error": "invalid_grant", "error_description": "revoked"})
+    b.burst()
+    b.expect_login_view("signed out in another tab")
+
+
+def test_a_slow_refresh_rolls_back_and_the_page_retries(device):
+    tab = Tab(device("laptop")).log_in(ALICE)
+    sid = tab.session_id()
+    other = api_login(ALICE)  # a second session, refreshed without a browser
+    other_sid, other_cookie = other.json()["session_id"], refresh_cookie_of(other)
+    rotated_at = last_refreshed("alice", other_sid)
+    seen = len(tab.refreshes())
+
+    # Both refreshes wait for the sessions' row locks until the server
+    # cancels them (statement_timeout, shorter than the app's query_timeout).
+    with session_row_locked(sid, other_sid):
+        tab.page.reload()  # the page's refresh on load
+        slow = call("POST", REFRESH, headers={**CSRF, "Cookie": f"sa_refresh={other_cookie}"})
+        wait_until(lambda: len(tab.refreshes()) > seen, tab.page)
+    assert (slow.status, slow.error) == (503, "database_unavailable") and slow.headers["Retry-After"] == "5"
+    wait_until(lambda: calls_running("session_refresh") == 0)
+    # Rolled back: the cookie still holds the current refresh token.
+    assert last_refreshed("alice", other_sid) == rotated_at
+
+    # The page got a 503 and tried again with the same cookie: signed in,
+    # the same session, no word of an outage, nothing taken for a theft.
+    tab.expect_signed_in(ALICE[0])
+    attempts = tab.refreshes()[seen:]
+    assert [e.status for e in attempts] == [503, 200]
+    assert attempts[0].cookie == attempts[1].cookie
+    assert tab.session_id() == sid and events(sid, "reuse_detected") == 0
+    expect(tab.page.locator("#status")).to_be_hidden()
+
+
+def test_a_refresh_whose_answer_was_lost_is_retried_with_the_same_cookie(device):
+    tab = Tab(device("laptop")).log_in(ALICE)
+    sid = tab.session_id()
+    lost = {}
+
+    def lose_the_answer(route, request):
+        # The refresh reaches the server, which rotates the pair; its answer
+        # never reaches the page (the connection is reset).
+        lost["cookie"] = request.all_headers()["cookie"]
+        lost["answer"] = call("POST", REFRESH, headers={**CSRF, "Cookie": lost["cookie"]})
+        route.abort("connectionreset")
+
+    tab.page.route(f"**{REFRESH}", lose_the_answer, times=1)
+    tab.page.reload()
+    tab.expect_signed_in(ALICE[0])
+    assert lost["answer"].status == 200
+    # The retry presented the same cookie inside the grace window, and got
+    # the very pair the lost answer carried: no fork, no reuse.
+    retry = tab.refreshes()[-1]
+    assert retry.cookie == lost["cookie"] and retry.status == 200
+    assert retry.body["access_token"] == lost["answer"].json()["access_token"]
+    assert cookie_jar(tab.page.context)["sa_refresh"]["value"] == refresh_cookie_of(lost["answer"])
+    assert tab.session_id() == sid and events(sid, "reuse_detected") == 0
+
+
+def test_wrong_reauthentication_answers_are_limited_per_session():
+    login, other = api_login(ALICE), api_login(ALICE)
+    for _ in range(5):
+        assert api_reauthenticate(login, code="abcdef").status == 400
+    # The sixth is refused whatever it is, the right code included.
+    blocked = api_reauthenticate(login, code=demo_code(login))
+    assert (blocked.status, blocked.error) == (429, "too_many_attempts")
+    assert 0 < int(blocked.headers["Retry-After"]) <= 60
+    # Another session of the same user has its own count.
+    assert api_reauthenticate(other, code="abcdef").error == "invalid_grant"
+
+
+def test_one_totp_code_steps_up_one_session_even_when_two_race():
+    first, second = api_login(ALICE), api_login(ALICE)
+    code = demo_code(first)
+    # A request that fails after claiming the code gives it back: the first
+    # session's access token, superseded by a refresh, may not step up (SA003).
+    refreshed = call("POST", REFRESH, headers={**CSRF, "Cookie": f"sa_refresh={refresh_cookie_of(first)}"})
+    assert api_reauthenticate(first, code=code).status == 401
+    first = refreshed
+
+    # Two requests with the same code at once: the first waits inside
+    # session_reauthenticate (the test holds its session's row lock) while
+    # the second comes in. Only one of them may use the code.
+    answers = {}
+    with session_row_locked(first.json()["session_id"]):
+        waiting = threading.Thread(target=lambda: answers.update(first=api_reauthenticate(first, code=code)))
+        waiting.start()
+        wait_until(lambda: calls_running("session_reauthenticate", waiting_for_a_lock=True) == 1)
+        answers["second"] = api_reauthenticate(second, code=code)
+    waiting.join(timeout=15)
+    assert (answers["second"].status, answers["second"].json()) == (
+        400,
+        {"error": "invalid_grant", "error_description": "wrong password or code"},
+    )
+    assert answers["first"].status == 200
+    assert validate_level(answers["first"].json()["access_token"]) == 2
+
+
+@contextmanager
+def server_with_the_defaults():
+    """Another server on the same database, with none of the demo's settings
+    (SPA_*): a Secure cookie, no TOTP code in a challenge, 3 s statement timeout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPA_", "PG"))}
+    db = conninfo_to_dict(APP_DSN)
+    env.update(PGHOST=db["host"], PGPORT=str(db["port"]), PGUSER=db["user"], PGDATABASE=db["dbname"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = APP_LOG.with_name("app-defaults.log")
+    with open(log, "ab") as out:
+        server = subprocess.Popen(["node", str(SPA_DIR / "server.js"), "--port", str(port)], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: server.poll() is not None or b"listening" in log.read_bytes())
+        assert server.poll() is None, log.read_text()
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_defaults_make_the_cookie_secure_and_keep_the_code_to_the_demo():
+    with server_with_the_defaults() as port:
+        login = api_login(ALICE, host=f"127.0.0.1:{port}", port=port)  # plain http on loopback, all the same
+        (cookie,) = login.headers.get_all("Set-Cookie")
+        assert cookie.startswith("__Secure-sa_refresh=pgsa_rt_")
+        assert f"; Path={COOKIE_PATH};" in cookie and "; Secure;" in cookie
+        assert step_up_challenge(login, port).json() == {"error": "insufficient_user_authentication"}  # no demo_code
+        cookie_header = {**CSRF, "Cookie": f"__Secure-sa_refresh={refresh_cookie_of(login)}"}
+        assert call("POST", REFRESH, headers=cookie_header, port=port).status == 200
+
+
+def test_a_token_the_standby_has_not_replayed_answers_503_not_401():
+    """lib/api.js with session_validate answering `not_replayed`, as on a hot
+    standby (this example has none: the database call is stubbed)."""
+    script = """
+      const sessions = require('./lib/sessions');
+      sessions.validate = async () => ({ status: 'not_replayed' });
+      const { ROUTES } = require('./lib/api');
+      ROUTES['/api/me'].GET({ headers: { authorization: 'Bearer pgsa_at_x' } }).then(
+        () => console.log(JSON.stringify({ status: 200 })),
+        (e) => console.log(JSON.stringify({ status: e.status, body: e.body, headers: e.headers })),
+      );
+    """
+    out = subprocess.run(["node", "-e", script], cwd=SPA_DIR, capture_output=True, text=True, timeout=30, check=True)
+    answer = json.loads(out.stdout)
+    assert answer["status"] == 503 and answer["body"]["error"] == "not_replayed"
+    assert answer["headers"]["Retry-After"] == "1"
 
 
 def test_bad_input_gets_clean_4xx_answers():
@@ -517,10 +751,15 @@ def test_bad_input_gets_clean_4xx_answers():
         ("no CSRF header", "POST", "/api/auth/login", {"Content-Type": "application/json"}, login_body, 403, "csrf"),
         ("a foreign Origin", "POST", "/api/auth/login", {**json_post, "Origin": "http://evil.test"}, login_body, 403, "csrf"),
         ("cross-site", "POST", REFRESH, {**CSRF, "Sec-Fetch-Site": "cross-site", "Cookie": f"sa_refresh={refresh_token}"}, None, 403, "csrf"),
-        ("refresh, no cookie", "POST", REFRESH, CSRF, None, 401, "no_refresh_cookie"),
-        ("refresh, garbage cookie", "POST", REFRESH, {**CSRF, "Cookie": "sa_refresh=%00<script>"}, None, 401, "invalid"),
+        ("refresh, no cookie", "POST", REFRESH, CSRF, None, 400, "invalid_request"),
+        ("refresh, garbage cookie", "POST", REFRESH, {**CSRF, "Cookie": "sa_refresh=%00<script>"}, None, 400, "invalid_grant"),
         ("refresh, no CSRF header", "POST", REFRESH, {"Cookie": f"sa_refresh={refresh_token}"}, None, 403, "csrf"),
-        ("refresh, an access token", "POST", REFRESH, {**CSRF, "Cookie": f"sa_refresh={login.json()['access_token']}"}, None, 401, "invalid"),
+        ("refresh, an access token", "POST", REFRESH, {**CSRF, "Cookie": f"sa_refresh={login.json()['access_token']}"}, None, 400, "invalid_grant"),
+        ("login, wrong password", "POST", "/api/auth/login", json_post, json.dumps({"email": ALICE[0], "password": "no"}), 400, "invalid_grant"),
+        ("login, unknown user", "POST", "/api/auth/login", json_post, json.dumps({"email": "x@example.com", "password": "no"}), 400, "invalid_grant"),
+        ("logout, no token at all", "POST", LOGOUT, CSRF, None, 401, "unauthorized"),
+        ("logout, no CSRF header", "POST", LOGOUT, {"Cookie": f"sa_refresh={refresh_token}"}, None, 403, "csrf"),
+        ("reauthenticate, wrong password", "POST", REAUTHENTICATE, {**json_post, **bearer(login)}, '{"password": "no"}', 400, "invalid_grant"),
         ("unknown path", "GET", "/api/nothing", {}, None, 404, "not_found"),
         ("wrong method", "GET", REFRESH, {}, None, 405, "method_not_allowed"),
     ]
@@ -529,10 +768,15 @@ def test_bad_input_gets_clean_4xx_answers():
         assert (answer.status, answer.error) == (status, error), what
         assert answer.headers["Content-Type"] == "application/json; charset=utf-8", what
         assert not STACK_TRACE.search(answer.text), what
-        if status == 401 and path == "/api/me":
-            challenge = answer.headers["WWW-Authenticate"]
+        # Every 401 names its scheme (RFC 9110 section 15.5.2), and only
+        # bearer tokens get one; a refused cookie or password is a 400.
+        challenge = answer.headers["WWW-Authenticate"]
+        assert (challenge is not None) == (status == 401 or (error == "invalid_request" and path == "/api/me")), what
+        if status == 401:
             assert challenge.startswith('Bearer realm="pg_session_auth spa example"'), what
             assert ('error="invalid_token"' in challenge) == (error == "invalid_token"), what
+        if error == "invalid_grant" and path == REFRESH:
+            assert answer.json()["error_description"] == "invalid", what
     assert call("GET", REFRESH).headers["Allow"] == "POST"
 
     # What never reaches a handler, or is cut off: answered, then the connection closed.
@@ -559,7 +803,7 @@ def test_bad_input_gets_clean_4xx_answers():
     assert call("GET", "/").status == 200  # and the server is still there
 
 
-def test_a_database_that_is_down_answers_503_and_signs_nobody_out(device):
+def test_a_database_that_is_down_answers_503_and_the_page_keeps_its_tokens(device):
     tab = Tab(device("laptop")).log_in(ALICE)
     sid = tab.session_id()
     login = api_login(ALICE)  # (bob's email changed in the step-up test)
@@ -604,7 +848,8 @@ def test_no_token_in_either_log():  # runs last: every token the tests saw
     assert "session_validate($1)" in server_log and "session_refresh($1)" in server_log
     assert "refresh session=" in app_log
     assert len(SEEN_TOKENS) > 10
-    for name, text in (("server log", server_log), ("app log", app_log)):
+    defaults_log = APP_LOG.with_name("app-defaults.log").read_text(errors="replace")
+    for name, text in (("server log", server_log), ("app log", app_log), ("defaults app log", defaults_log)):
         leaked = [t for t in SEEN_TOKENS if t in text]
         assert not leaked, f"{len(leaked)} tokens in the {name}"
         assert "pgsa_at_" not in text and "pgsa_rt_" not in text, name

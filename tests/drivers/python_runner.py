@@ -7,16 +7,24 @@ node-postgres and postgres.js (matrix.py checks both):
     call:  {"call", "t0_us", "t1_us", "columns", "types": {column: [native type names]},
             "rows": [{column: value}], "error": null | {"sqlstate", "message", "hint"}}
     sleep: {"sleep": s}    admin: {"admin": sql, "error"}
+    error: {"sqlstate", "message", "hint", "token_shaped": whether any raw text of the
+            error (message, detail, hint, context) held something shaped like a token}
     loop:  {"loop": n, "done": i, "outcomes": {call: {outcome: count}}, "at": [obs...],
             "error": null | {"iteration", "call", "sqlstate", "message"}}
 
 Values are normalised to JSON: a timestamp becomes {"ts_us": epoch
 microseconds}, a uuid its text, a composite a list; a token (a string with
 a pgsa_xx_ prefix) becomes a label "token:<prefix>:<length>:#<n>", so no
-token leaves the runner, and equal labels mean equal tokens. (The tokens are
+token leaves the runner, and equal labels mean equal tokens. An error's
+texts are searched for matrix.TOKEN_SHAPE as the driver gave them, then
+redacted: a token the runner saw becomes its label, anything else shaped
+like one "token:unseen". (The tokens are
 not added to sa.TOKENS: the harness would search the server log for each of
 the thousands of them, for seconds; test_driver_matrix.py searches it once for
 anything shaped like a token instead, which covers the Node drivers too.)
+
+Each driver runs against a database of its own (the scenarios drop and
+create the extension there), given with its run variables by the caller.
 
 Both drivers run every call as a server-side prepared statement: psycopg
 with prepare=True (a RawCursor, so the $n text is the same as elsewhere),
@@ -32,12 +40,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
 import psycopg
 from psycopg.types.string import TextLoader
+
+from matrix import TOKEN_SHAPE
 
 STATEMENT_TIMEOUT = "30s"  # every statement is bounded; nothing here should take a second
 TOKEN = re.compile(r"^pgsa_[a-z]{2}_")
@@ -62,7 +73,7 @@ class Labels:
     def redact(self, text: str | None) -> str | None:
         for token, label in self.labels.items():
             text = text.replace(token, label) if text else text
-        return text
+        return TOKEN_SHAPE.sub("token:unseen", text) if text else text
 
 
 def native(value: Any) -> str:
@@ -100,13 +111,26 @@ def resolve(arg: Any, spec: dict, scenario_vars: dict, saved: dict) -> Any:
     raise ValueError(f"unknown argument form {arg}")
 
 
+def raw_texts(exc: Exception) -> list[str]:
+    """Every text of an error as the driver gives it, before any redaction."""
+    if isinstance(exc, psycopg.Error):
+        d = exc.diag
+        texts = [str(exc), d.message_primary, d.message_detail, d.message_hint, d.context, d.internal_query]
+    elif isinstance(exc, asyncpg.PostgresError):
+        texts = [str(exc), *map(str, exc.as_dict().values())]
+    else:
+        texts = [str(exc)]
+    return [t for t in texts if t]
+
+
 def error_of(exc: Exception, labels: Labels) -> dict:
     if isinstance(exc, psycopg.Error):
         sqlstate, message, hint = exc.sqlstate, exc.diag.message_primary, exc.diag.message_hint
     else:
         sqlstate, hint = getattr(exc, "sqlstate", None), getattr(exc, "hint", None)
         message = getattr(exc, "message", None)
-    return {"sqlstate": sqlstate, "message": labels.redact(message or str(exc)), "hint": labels.redact(hint)}
+    return {"sqlstate": sqlstate, "message": labels.redact(message or str(exc)), "hint": labels.redact(hint),
+            "token_shaped": any(TOKEN_SHAPE.search(t) for t in raw_texts(exc))}
 
 
 class Psycopg:
@@ -238,11 +262,21 @@ def outcome_of(result: dict, call: dict) -> str:
     return f"{len(rows)} rows"
 
 
-async def run_driver(driver: Any, spec: dict, conninfo: dict, admin_conninfo: dict, run_vars: dict) -> dict:
-    app = await driver.connect(conninfo)
-    admin = await driver.connect(admin_conninfo)
+@dataclass
+class Target:
+    """Where a driver runs: its application and superuser connections (to its
+    own database), and the run variables of that database."""
+
+    conninfo: dict
+    admin_conninfo: dict
+    run_vars: dict
+
+
+async def run_driver(driver: Any, spec: dict, target: Target) -> dict:
+    app = await driver.connect(target.conninfo)
+    admin = await driver.connect(target.admin_conninfo)
     try:
-        walker = Walker(driver, spec, app, admin, run_vars)
+        walker = Walker(driver, spec, app, admin, target.run_vars)
         scenarios = [await walker.scenario(s) for s in spec["scenarios"]]
     finally:
         await driver.close(app)
@@ -253,12 +287,13 @@ async def run_driver(driver: Any, spec: dict, conninfo: dict, admin_conninfo: di
 PYTHON_DRIVERS = {"psycopg": Psycopg, "asyncpg": Asyncpg}
 
 
-def run(spec: dict, conninfo: dict, admin_conninfo: dict, run_vars: dict, timeout: float) -> dict[str, dict]:
+def run(spec: dict, targets: dict[str, Target], timeout: float) -> dict[str, dict]:
     """Runs every scenario on both Python drivers at once (each on connections
-    of its own); driver name -> observations. Bounded by `timeout` seconds."""
+    of its own, to its target); driver name -> observations. Bounded by
+    `timeout` seconds."""
 
     async def both() -> list[dict]:
-        runs = [run_driver(d(), spec, conninfo, admin_conninfo, run_vars) for d in PYTHON_DRIVERS.values()]
+        runs = [run_driver(d(), spec, targets[name]) for name, d in PYTHON_DRIVERS.items()]
         return await asyncio.wait_for(asyncio.gather(*runs), timeout)
 
     return {o["driver"]: o for o in asyncio.run(both())}

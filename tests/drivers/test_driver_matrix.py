@@ -1,8 +1,10 @@
 """The driver matrix (issue 18 §2): the scenario list of scenarios.json,
 written once, run through psycopg 3 and asyncpg here and through
-node-postgres and postgres.js by node/run_scenarios.mjs (a subprocess,
-started first so that it runs while the Python drivers do), all against the
-harness's cluster, as an application role granted session_auth_client.
+node-postgres and postgres.js by node/run_scenarios.mjs (one subprocess
+per driver, started first so that they run while the Python drivers do),
+all against the harness's cluster, each driver in a database of its own
+(the last scenario drops and creates the extension), as an application role
+granted session_auth_client.
 
 Each driver's observations are checked against the scenarios (matrix.py),
 and the four must agree with each other step by step. The scenarios cover
@@ -12,8 +14,14 @@ tests/client/test_replica.py; the contract defines no SA004), the composite
 of session_require as each driver exposes it, jsonb documents byte for byte,
 timestamptz as the driver's date type, NULL tokens, and one prepared
 statement of each kind executed 2,000 times on one connection across a
-settings change, ALTER EXTENSION ... UPDATE, ANALYZE of the extension's
-tables and a search_path / plan_cache_mode change.
+settings change, DROP EXTENSION and CREATE EXTENSION (new oids for every
+function and table: the server must re-plan the driver's statements, which
+the driver keeps), ANALYZE of the extension's tables and a search_path /
+plan_cache_mode change.
+
+No token leaves a runner or reaches the server log: the runners search
+every raw error text for matrix.TOKEN_SHAPE before they redact it, and the
+tests search the runners' whole output and the server log for it.
 """
 
 from __future__ import annotations
@@ -46,13 +54,14 @@ def spec():
     return matrix.load_spec()
 
 
-@pytest.fixture(scope="module")
-def run_vars(cluster):
-    """The application role, and an event every driver can look up with
-    session_event (its id comes from the table, which only a superuser reads)."""
-    cluster.create_role(APP_ROLE)
-    with cluster.connect() as su:
-        su.execute(f"GRANT SET ON PARAMETER {', '.join(SETTINGS)} TO {APP_ROLE}")
+def database_of(driver: str) -> str:
+    return "drv_" + re.sub(r"\W", "_", driver)
+
+
+def known_event(cluster, dbname: str) -> dict:
+    """An event every driver can look up with session_event (its id comes
+    from the table, which only a superuser reads): the run variables."""
+    with cluster.connect(dbname=dbname) as su:
         issued = sa.issue(su, "drv:known-event")
         event = su.execute(
             "SELECT event_id FROM session_auth.events WHERE session_id = %s AND event = 'issued'",
@@ -62,48 +71,90 @@ def run_vars(cluster):
             "known_user_id": "drv:known-event"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def node_run(cluster, run_vars):
-    """The Node runner, started before the first test of this module so that
-    it runs alongside the Python drivers; yields a function that waits for
-    its output."""
-    packages.npm_ci(NODE_DIR)
-    proc = subprocess.Popen(
-        ["node", "run_scenarios.mjs", "--host", str(cluster.dir), "--port", str(cluster.port),
-         "--dbname", "postgres", "--user", APP_ROLE, "--admin-user", "postgres", "--vars", json.dumps(run_vars)],
-        cwd=NODE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    done = {}
-
-    def result():
-        if not done:
-            out, err = proc.communicate(timeout=RUN_TIMEOUT)
-            assert proc.returncode == 0, f"run_scenarios.mjs exited {proc.returncode}:\n{err[-3000:]}"
-            done.update(json.loads(out)["drivers"])
-        return done
-
-    yield result
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+def driver_database(cluster, driver: str) -> python_runner.Target:
+    """A database of the driver's own with the extension, and its target."""
+    dbname = database_of(driver)
+    with cluster.connect() as su:
+        su.execute(f"CREATE DATABASE {dbname}")
+    with cluster.connect(dbname=dbname) as su:
+        su.execute("CREATE EXTENSION pg_session_auth")
+    return python_runner.Target(cluster.conninfo(APP_ROLE, dbname), cluster.conninfo("postgres", dbname),
+                                known_event(cluster, dbname))
 
 
 @pytest.fixture(scope="module")
-def observations(cluster, spec, run_vars, node_run):
-    """driver -> its observations; the two Python drivers run together on
-    first use, while the Node runner runs too."""
-    seen = {}
+def targets(cluster) -> dict[str, python_runner.Target]:
+    """The application role, and per driver a database of its own with the
+    extension (the scenarios drop and create it there, which would pull the
+    sessions from under the other drivers in a shared one)."""
+    cluster.create_role(APP_ROLE)
+    with cluster.connect() as su:
+        su.execute(f"GRANT SET ON PARAMETER {', '.join(SETTINGS)} TO {APP_ROLE}")
+    return {driver: driver_database(cluster, driver) for driver in DRIVERS}
 
-    def get(driver):
-        if driver not in seen:
+
+@pytest.fixture(scope="module", autouse=True)
+def node_run(cluster, targets):
+    """The Node runner, one process per Node driver, started before the first
+    test of this module so that they run alongside the Python drivers; yields
+    a function that waits for their output: driver -> (observations, the
+    process's whole output)."""
+    packages.npm_ci(NODE_DIR)
+    procs = {
+        driver: subprocess.Popen(
+            ["node", "run_scenarios.mjs", "--driver", driver, "--host", str(cluster.dir), "--port", str(cluster.port),
+             "--dbname", targets[driver].conninfo["dbname"], "--user", APP_ROLE, "--admin-user", "postgres",
+             "--vars", json.dumps(targets[driver].run_vars), "--token-shape", matrix.TOKEN_SHAPE.pattern],
+            cwd=NODE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for driver in NODE_DRIVERS
+    }
+    done = {}
+
+    def result():
+        for driver, proc in procs.items():
+            if driver not in done:
+                out, err = proc.communicate(timeout=RUN_TIMEOUT)
+                assert proc.returncode == 0, f"run_scenarios.mjs ({driver}) exited {proc.returncode}:\n{err[-3000:]}"
+                done[driver] = (json.loads(out)["drivers"][driver], out + err)
+        return done
+
+    yield result
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+class Observations:
+    """driver -> its observations (call it), and the runner's whole output
+    as it came (raw_output); the two Python drivers run together on first
+    use, while the Node runners run too."""
+
+    def __init__(self, spec: dict, targets: dict, node_run) -> None:
+        self.spec, self.targets, self.node_run = spec, targets, node_run
+        self.seen: dict[str, tuple[dict, str]] = {}
+
+    def __call__(self, driver: str) -> dict:
+        return self.run(driver)[0]
+
+    def raw_output(self, driver: str) -> str:
+        return self.run(driver)[1]
+
+    def run(self, driver: str) -> tuple[dict, str]:
+        if driver not in self.seen:
             if driver in NODE_DRIVERS:
-                seen.update(node_run())
+                self.seen.update(self.node_run())
             else:
-                seen.update(python_runner.run(
-                    spec, cluster.conninfo(APP_ROLE), cluster.conninfo("postgres"), run_vars, RUN_TIMEOUT))
-        return seen[driver]
+                python_targets = {d: self.targets[d] for d in DRIVERS if d not in NODE_DRIVERS}
+                for name, obs in python_runner.run(self.spec, python_targets, RUN_TIMEOUT).items():
+                    self.seen[name] = (obs, json.dumps(obs))
+        return self.seen[driver]
 
-    return get
+
+@pytest.fixture(scope="module")
+def observations(spec, targets, node_run):
+    return Observations(spec, targets, node_run)
 
 
 def report(failures, limit=25):
@@ -134,8 +185,29 @@ def test_no_driver_put_a_token_into_the_server_log(cluster, observations):
     this looks for the shape, not for values)."""
     for driver in DRIVERS:
         observations(driver)
-    leaked = re.findall(r"pgsa_[a-z]{2}_[A-Za-z0-9_-]{43,}", cluster.log_text())
+    leaked = matrix.TOKEN_SHAPE.findall(cluster.log_text())
     assert not leaked, f"{len(leaked)} token-shaped strings in {cluster.log_path}"
+
+
+def test_no_token_left_a_runner(observations):
+    """The runners' whole output, as it came (the Node processes' stdout and
+    stderr, the Python observations): labels, never a token. Together with
+    each error's token_shaped (matrix.py), which the runners took from the
+    raw texts before redacting them."""
+    for driver in DRIVERS:
+        leaked = matrix.TOKEN_SHAPE.findall(observations.raw_output(driver))
+        assert not leaked, f"{len(leaked)} token-shaped strings in the output of {driver}'s runner"
+
+
+def test_the_token_shape_is_the_one_of_the_extensions_tokens(db):
+    """matrix.TOKEN (exact) and TOKEN_SHAPE (what the leak searches use) fit
+    the tokens the installed extension issues: were their length to change
+    (src/token.rs, TOKEN_LEN), this fails rather than the searches going blind."""
+    pair = sa.issue(db, "drv:token-shape")
+    for token in (pair["access_token"], pair["refresh_token"]):
+        assert len(token) == matrix.TOKEN_LENGTH
+        assert matrix.TOKEN.fullmatch(token)
+        assert matrix.TOKEN_SHAPE.search(f"a message quoting {token}.")
 
 
 # What the scenarios must reach on a primary. SA006 (not replayed) needs a

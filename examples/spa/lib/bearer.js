@@ -73,4 +73,4 @@ function bearerToken(req) {
   return token;
 }
 
-module.exports = { bearerToken, invalidToken, insufficientUserAuthentication };
+module.exports = { bearerToken, missingToken, invalidToken, insufficientUserAuthentication };

@@ -1,61 +1,50 @@
 'use strict';
 // The refresh token's cookie, and the guard of the endpoints that a cookie
-// authenticates (login, refresh): the browser sends a cookie by itself, so
-// these endpoints must tell the page's own requests from a forged one.
+// authenticates (login, refresh, logout): the browser sends a cookie by
+// itself, so these endpoints must tell the page's own requests from a
+// forged one.
 //
 // The cookie is HttpOnly (no script reads it: an XSS cannot steal it),
-// SameSite=Strict (no other site's request carries it) and scoped to the
-// refresh path (no other request carries it either). It is Secure, and named
-// __Secure-sa_refresh (a prefix the browser enforces), everywhere but on
-// plain http to this machine's loopback, where a browser would drop a Secure
-// cookie set over http: that is the demo's case only.
+// SameSite=Strict (no other site's request carries it) and scoped to
+// /api/auth/ (the refresh and logout endpoints need it; /api/me and every
+// other request never carry it). It is Secure, and named
+// __Secure-sa_refresh (a prefix the browser enforces), unless the
+// configuration says this server is reached over plain http:
+// SPA_COOKIE_SECURE=0, which examples/spa/run and examples/spa/test set for
+// http://127.0.0.1 (a browser would drop a Secure cookie set over http).
+// The request's Host header decides nothing: a client chooses it.
 
 const { HttpError } = require('./http');
 
 const REFRESH_PATH = '/api/auth/refresh';
+const COOKIE_PATH = '/api/auth/';
 const CSRF_HEADER = 'x-csrf-guard';
-const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]']);
 
-function hostName(req) {
-  try {
-    return new URL(`http://${req.headers.host}`).hostname;
-  } catch {
-    return null;
-  }
+function secureFromEnvironment(value = '1') {
+  if (value !== '0' && value !== '1') throw new Error('SPA_COOKIE_SECURE must be 1 (the default) or 0 (plain http)');
+  return value === '1';
 }
 
-// This server speaks plain http (TLS ends in front of it); any Host but a
-// loopback one is reached through such a proxy, over https.
-function plainLoopback(req) {
-  return LOOPBACK.has(hostName(req));
-}
-
-function refreshCookieName(req) {
-  return plainLoopback(req) ? 'sa_refresh' : '__Secure-sa_refresh';
-}
-
-function attributes(req) {
-  const secure = plainLoopback(req) ? '' : '; Secure';
-  return `Path=${REFRESH_PATH}; HttpOnly${secure}; SameSite=Strict`;
-}
+const SECURE = secureFromEnvironment(process.env.SPA_COOKIE_SECURE);
+const COOKIE_NAME = SECURE ? '__Secure-sa_refresh' : 'sa_refresh';
+const ATTRIBUTES = `Path=${COOKIE_PATH}; HttpOnly${SECURE ? '; Secure' : ''}; SameSite=Strict`;
 
 /** Set-Cookie for a refresh token that lives until the session's refresh deadline. */
-function refreshCookie(req, token, expiresAt) {
-  return `${refreshCookieName(req)}=${token}; Expires=${expiresAt.toUTCString()}; ${attributes(req)}`;
+function refreshCookie(token, expiresAt) {
+  return `${COOKIE_NAME}=${token}; Expires=${expiresAt.toUTCString()}; ${ATTRIBUTES}`;
 }
 
 /** Set-Cookie that removes the refresh cookie. */
-function clearedRefreshCookie(req) {
-  return `${refreshCookieName(req)}=; Max-Age=0; ${attributes(req)}`;
+function clearedRefreshCookie() {
+  return `${COOKIE_NAME}=; Max-Age=0; ${ATTRIBUTES}`;
 }
 
 /** The refresh cookie's value, or null without one. Any value goes to the
  * extension as it is: it answers `invalid` for anything it did not issue. */
 function refreshTokenOf(req) {
-  const name = refreshCookieName(req);
   for (const pair of (req.headers.cookie || '').split(';')) {
     const eq = pair.indexOf('=');
-    if (eq > 0 && pair.slice(0, eq).trim() === name) {
+    if (eq > 0 && pair.slice(0, eq).trim() === COOKIE_NAME) {
       return pair.slice(eq + 1).trim() || null;
     }
   }

@@ -17,14 +17,33 @@ const SECURITY_HEADERS = {
   'Cross-Origin-Resource-Policy': 'same-origin',
 };
 
-/** An answer other than 2xx: status, a JSON body {error, detail?}, headers. */
+/**
+ * An answer other than 2xx: status, a JSON body {error, error_description?,
+ * detail?}, headers. error_description is the OAuth 2.0 field (RFC 6749
+ * section 5.2) of the answers that follow it (invalidGrant); detail is
+ * this API's own.
+ */
 class HttpError extends Error {
-  constructor(status, error, { detail, headers = {} } = {}) {
+  constructor(status, error, { description, detail, headers = {} } = {}) {
     super(error);
     this.status = status;
-    this.body = detail === undefined ? { error } : { error, detail };
+    this.body = { error };
+    if (description !== undefined) this.body.error_description = description;
+    if (detail !== undefined) this.body.detail = detail;
     this.headers = headers;
   }
+}
+
+/**
+ * A credential that is not good (a refresh token the extension refused, a
+ * wrong password or code): 400 invalid_grant, as OAuth 2.0 answers for a
+ * dead refresh token or wrong resource owner credentials (RFC 6749 section
+ * 5.2). Not a 401: that status means "this request's bearer token", and
+ * every 401 of this API carries its WWW-Authenticate challenge (RFC 9110
+ * section 15.5.2), which a cookie or a password has no scheme for.
+ */
+function invalidGrant(description) {
+  return new HttpError(400, 'invalid_grant', { description });
 }
 
 /** A handler's successful answer: the status, a JSON body, extra headers. */
@@ -107,4 +126,4 @@ function stringField(body, name, maxLength = 256) {
   return value;
 }
 
-module.exports = { HttpError, reply, sendJson, sendStatic, readJsonObject, stringField };
+module.exports = { HttpError, invalidGrant, reply, sendJson, sendStatic, readJsonObject, stringField };

@@ -14,10 +14,22 @@ const { HttpError } = require('./http');
 const { invalidToken } = require('./bearer');
 const log = require('./log');
 
+// Two timeouts, the server's the shorter. A call that runs too long is
+// cancelled by the server (statement_timeout: rolled back, so a refresh that
+// took too long did not rotate anything) and answered 57014 well before
+// node-postgres stops waiting (query_timeout, client side only: the
+// statement would go on, and could commit a rotation nobody sees). Only an
+// answer lost after the commit remains, which the page retries inside the
+// grace window (README, "Bad input and outages").
+const STATEMENT_TIMEOUT_MS = Number(process.env.SPA_STATEMENT_TIMEOUT_MS || 3000);
+if (!(STATEMENT_TIMEOUT_MS > 0)) throw new Error('SPA_STATEMENT_TIMEOUT_MS must be a number of milliseconds');
+const QUERY_TIMEOUT_MS = STATEMENT_TIMEOUT_MS + 2000;
+
 const pool = new Pool({
   max: 8,
   connectionTimeoutMillis: 2000, // a database that is down: 503 within 2 s, not a hung request
-  query_timeout: 5000,
+  statement_timeout: STATEMENT_TIMEOUT_MS,
+  query_timeout: QUERY_TIMEOUT_MS,
   idleTimeoutMillis: 30000,
   application_name: 'pg_session_auth spa example',
 });
@@ -28,6 +40,19 @@ pool.on('error', (err) => log.warn(`a pooled database connection was closed: ${d
 
 function unavailable(detail) {
   return new HttpError(503, 'database_unavailable', { detail, headers: { 'Retry-After': '5' } });
+}
+
+/**
+ * A token a hot standby has not replayed yet (`not_replayed`, SA006): not
+ * the client's fault and no reason to sign anyone out. An application that
+ * validates on replicas asks the primary again; this one has a primary
+ * only, where it never happens, so it answers 503: retry shortly.
+ */
+function notReplayed() {
+  return new HttpError(503, 'not_replayed', {
+    detail: 'the database has not caught up with this token yet: retry',
+    headers: { 'Retry-After': '1' },
+  });
 }
 
 async function row(sql, params) {
@@ -96,14 +121,15 @@ function httpErrorFor(err) {
   const code = sqlstate(err);
   if (code === null) return null;
   if (TOKEN_ERRORS[code]) return invalidToken(TOKEN_ERRORS[code]);
-  // On a hot standby: a token newer than its replay. An app that validates on
-  // standbys asks the primary instead; this one has only a primary.
-  if (code === 'SA006') return unavailable('not_replayed: retry on the primary');
+  if (code === 'SA006') return notReplayed();
   // Shutting down or starting up (57P01-57P03), connection failures (08),
   // too many connections (53300).
   if (code.startsWith('57P') || code.startsWith('08') || code === '53300') {
     return unavailable('the database is not accepting requests');
   }
+  // statement_timeout (57014) or lock_timeout (55P03): the call was
+  // cancelled and rolled back, nothing changed; the client may retry.
+  if (code === '57014' || code === '55P03') return unavailable('the database did not answer in time');
   // A bad argument (the message names it, never a token).
   if (code === '22023' || code === '22004') return new HttpError(400, 'invalid_request', { detail: err.message });
   return null;
@@ -121,4 +147,5 @@ module.exports = {
   sqlstate,
   describe,
   httpErrorFor,
+  notReplayed,
 };

@@ -24,7 +24,7 @@ const DEMO_TOTP_SECRET = Buffer.from('Hello!\xde\xad\xbe\xef', 'latin1');
 function makeUser([id, email, password]) {
   const salt = crypto.randomBytes(16);
   const hash = crypto.scryptSync(password, salt, KEY_LENGTH, SCRYPT);
-  return { id, email, salt, hash, totpSecret: DEMO_TOTP_SECRET, lastTotpStep: -1 };
+  return { id, email, salt, hash, totpSecret: DEMO_TOTP_SECRET, lastTotpStep: -1, pendingTotpSteps: new Set() };
 }
 
 const USERS = new Map(DEMO_USERS.map((u) => [u[0], makeUser(u)]));
@@ -57,25 +57,35 @@ function totp(secret, step) {
 const currentStep = () => Math.floor(Date.now() / 30000);
 
 /**
- * The 30 s step whose code this is (the current one or a neighbour), or null
- * when it is wrong or its step was used already. The caller marks the step
- * used (useTotpStep) once the step-up went through, so that a call retried
- * after a token race can present the same code again.
+ * Claims the 30 s step whose code this is (the current one or a neighbour):
+ * the step, now pending, or null when the code is wrong, its step was used
+ * already or another request holds it. The claim is taken here, before the
+ * caller's first await, so that two requests with one code cannot both get
+ * past this check. The caller then either confirms it (useTotpStep: the
+ * step-up went through) or releases it (releaseTotpStep: it did not, and a
+ * call retried after a token race can present the same code again).
  */
-function totpStep(user, code) {
+function claimTotpStep(user, code) {
   const now = currentStep();
   const given = Buffer.from(code.trim());
   for (const step of [now - 1, now, now + 1]) {
     const expected = Buffer.from(totp(user.totpSecret, step));
     if (given.length === expected.length && crypto.timingSafeEqual(given, expected)) {
-      return step > user.lastTotpStep ? step : null;
+      if (step <= user.lastTotpStep || user.pendingTotpSteps.has(step)) return null;
+      user.pendingTotpSteps.add(step);
+      return step;
     }
   }
   return null;
 }
 
 function useTotpStep(user, step) {
+  user.pendingTotpSteps.delete(step);
   user.lastTotpStep = Math.max(user.lastTotpStep, step);
+}
+
+function releaseTotpStep(user, step) {
+  user.pendingTotpSteps.delete(step);
 }
 
 /** Demo only: what an authenticator app with the demo secret shows now. */
@@ -97,4 +107,14 @@ function changeEmail(user, email) {
   return true;
 }
 
-module.exports = { byId, byEmail, checkPassword, totpStep, useTotpStep, demoCode, cleanEmail, changeEmail };
+module.exports = {
+  byId,
+  byEmail,
+  checkPassword,
+  claimTotpStep,
+  useTotpStep,
+  releaseTotpStep,
+  demoCode,
+  cleanEmail,
+  changeEmail,
+};

@@ -3,14 +3,18 @@
 // The access token lives in this tab's memory only (no localStorage, no
 // cookie: a reload forgets it), and travels in the Authorization header.
 // The refresh token is an HttpOnly cookie that no script sees and that only
-// POST /api/auth/refresh receives. When an API call answers 401
+// the /api/auth/ endpoints receive (refresh, logout). When an API call answers 401
 // invalid_token (expired; or revoked, because another tab's refresh
 // superseded this tab's pair or the session ended), the tab refreshes once,
 // whatever number of calls got that 401 at the same moment (a single-flight
 // promise), and sends them again. The refresh cookie decides: a new pair, or
 // the session is over and the tab shows the login view. Two tabs refreshing
 // at the same moment present the same cookie and get the very same pair (the
-// extension's refresh_grace), so neither logs the other out.
+// extension's refresh_grace), so neither logs the other out. For the same
+// reason a refresh that got no answer (the network, a 503) is retried with
+// the same cookie, soon enough to fall inside that window: had the lost
+// attempt rotated the pair, the retry gets that pair again; presented after
+// the window, the superseded cookie would be taken for a stolen one.
 (() => {
   'use strict';
 
@@ -24,7 +28,15 @@
     // The refresh cookie is gone while this tab was signed in: another tab of
     // this browser logged out (which clears the cookie every tab shares).
     no_refresh_cookie: 'You were signed out in another tab.',
+    // Logout found no token of this tab that still identifies the session
+    // (this tab's are too old, and the cookie is gone): it may be alive.
+    logout_unconfirmed: 'This tab could not confirm that you are signed out: its sign-in is too old to identify the session, which may still be active in another tab or on another device. Sign in and use "Log out everywhere" to be sure.',
   };
+  // A refresh without an answer is tried again after these delays (ms): both
+  // retries land well inside session_auth.refresh_grace (10 s by default)
+  // of a rotation the lost attempt may have made, however long (up to the
+  // server's query timeout) that attempt waited.
+  const REFRESH_RETRY_DELAYS_MS = [300, 2500];
 
   let accessToken = null; // this tab's, in memory only
   let refreshing = null; // the refresh in flight, shared by every call that needs it
@@ -64,25 +76,45 @@
     return params;
   }
 
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
   /** One refresh at a time in this tab: concurrent callers share the one in flight. */
   function refreshOnce() {
     if (!refreshing) {
-      refreshing = (async () => {
-        const r = await request('/api/auth/refresh', { method: 'POST', headers: CSRF });
-        const body = await jsonOf(r);
-        if (r.ok) {
-          accessToken = body.access_token;
-          return;
-        }
-        if (r.status === 503) throw new Unavailable();
-        accessToken = null;
-        signedOut = new SignedOut(body.error || 'invalid');
-        throw signedOut; // every caller waiting for this refresh ends in the login view
-      })().finally(() => {
+      refreshing = refreshWithRetries().finally(() => {
         refreshing = null;
       });
     }
     return refreshing;
+  }
+
+  /** A refresh, tried again (with the same cookie) while it gets no answer. */
+  async function refreshWithRetries() {
+    for (const delay of REFRESH_RETRY_DELAYS_MS) {
+      try {
+        return await refreshAttempt();
+      } catch (err) {
+        if (!(err instanceof Unavailable)) throw err;
+        await sleep(delay);
+      }
+    }
+    return refreshAttempt();
+  }
+
+  async function refreshAttempt() {
+    const r = await request('/api/auth/refresh', { method: 'POST', headers: CSRF });
+    const body = await jsonOf(r);
+    if (r.status >= 500) throw new Unavailable();
+    if (r.ok && body.access_token) {
+      accessToken = body.access_token;
+      return;
+    }
+    if (r.ok) throw new Unavailable(); // an answer cut short: as good as none
+    // 400 invalid_grant (the extension's word in error_description) or
+    // invalid_request (no cookie): the session is over for this browser.
+    accessToken = null;
+    signedOut = new SignedOut(body.error_description || body.error || 'invalid');
+    throw signedOut; // every caller waiting for this refresh ends in the login view
   }
 
   function send(method, path, body, token) {
@@ -193,8 +225,19 @@
   }
 
   async function logOut() {
-    // Any token of the session revokes it, even an expired one.
-    await jsonOf(await send('POST', '/api/auth/logout', undefined, accessToken));
+    // The server revokes with this tab's access token (any token of the
+    // session, even an expired one) and with the refresh cookie (the current
+    // one, whatever this tab missed); a cookie endpoint, hence the guard.
+    const headers = { ...CSRF };
+    if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
+    const r = await request('/api/auth/logout', { method: 'POST', headers });
+    await jsonOf(r);
+    if (r.status >= 500) throw new Unavailable();
+    if (r.status === 409) {
+      endSession('logout_unconfirmed');
+      return;
+    }
+    if (!r.ok) throw new Error(`logout answered ${r.status}`);
     endSession('logged_out');
   }
 
@@ -255,9 +298,9 @@
     return new Promise((resolve, reject) => {
       form.onsubmit = (event) => {
         event.preventDefault();
-        reauthenticate(factor, form.elements[factor].value).then((ok) => {
-          if (!ok) {
-            showText('step-up-error', factor === 'password' ? 'Wrong password.' : 'Wrong or already used code.');
+        reauthenticate(factor, form.elements[factor].value).then((error) => {
+          if (error) {
+            showText('step-up-error', error);
             return;
           }
           form.hidden = true;
@@ -275,12 +318,16 @@
     });
   }
 
+  /** Sends the password or code: null once re-authenticated, else what to tell the user. */
   async function reauthenticate(factor, value) {
     const r = await api('POST', '/api/auth/reauthenticate', { [factor]: value });
-    if (!r.ok) return false;
+    const body = await jsonOf(r);
+    if (r.status >= 500) throw new Unavailable();
+    if (r.status === 429) return `Too many wrong answers: try again in ${r.headers.get('Retry-After')} s.`;
+    if (!r.ok) return factor === 'password' ? 'Wrong password.' : 'Wrong or already used code.';
     // Both tokens rotated: the old pair stopped at once (the cookie too).
-    accessToken = (await r.json()).access_token;
-    return true;
+    accessToken = body.access_token;
+    return null;
   }
 
   // On load there is no access token in memory: one refresh through the

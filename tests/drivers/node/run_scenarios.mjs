@@ -5,9 +5,12 @@
 // goes to stderr. tests/drivers/test_driver_matrix.py runs it and checks the
 // output with matrix.py; by hand, after `npm ci` in this directory:
 //
-//   node run_scenarios.mjs --host /tmp/socket_dir --port 5432 --dbname postgres \
+//   node run_scenarios.mjs --host /tmp/socket_dir --port 5432 --dbname drv_pg \
 //       --user drv_app --admin-user postgres --vars '{"known_event_id": 1, ...}' \
-//       [--driver node-postgres|postgres.js]
+//       --token-shape 'pgsa_...' [--driver node-postgres|postgres.js]
+//
+// The scenarios drop and create the extension in --dbname: the test gives
+// each driver a database of its own, and so runs this once per driver.
 //
 // Both drivers run every call as a server-side prepared statement:
 // node-postgres with a statement name (the call's name: one text per name),
@@ -16,7 +19,10 @@
 // goes out as is (node-postgres: a type parser; postgres.js: a type whose
 // serialize and parse are the identity, since by default it would
 // JSON.stringify the string and JSON.parse the result), so documents can be
-// compared byte for byte. No token is printed: tokens become labels.
+// compared byte for byte. No token is printed: tokens become labels. An
+// error's texts are searched for --token-shape (matrix.TOKEN_SHAPE) as the
+// driver gave them, then redacted: a token seen becomes its label, anything
+// else shaped like one "token:unseen".
 
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
@@ -38,10 +44,13 @@ const { values: opts } = parseArgs({
     'admin-user': { type: 'string', default: 'postgres' },
     vars: { type: 'string', default: '{}' },
     driver: { type: 'string', multiple: true },
+    'token-shape': { type: 'string' },
     scenarios: { type: 'string', default: new URL('../scenarios.json', import.meta.url).pathname },
   },
 })
 
+if (!opts['token-shape']) throw new Error('--token-shape is required (matrix.TOKEN_SHAPE)')
+const TOKEN_SHAPE = new RegExp(opts['token-shape'], 'g')
 const spec = JSON.parse(readFileSync(opts.scenarios, 'utf8'))
 const runVars = JSON.parse(opts.vars)
 const nowUs = () => Date.now() * 1000
@@ -56,7 +65,7 @@ class Labels {
   redact (text) {
     if (!text) return text ?? null
     for (const [token, label] of this.labels) text = text.split(token).join(label)
-    return text
+    return text.replace(TOKEN_SHAPE, 'token:unseen')
   }
 }
 
@@ -88,8 +97,17 @@ function resolve (arg, scenarioVars, saved) {
   throw new Error(`unknown argument form ${JSON.stringify(arg)}`)
 }
 
+// Every text of an error as the driver gives it (message, detail, hint,
+// where, ...), before any redaction.
+function rawTexts (e) {
+  return [e.message, ...Object.values(e)].filter(v => typeof v === 'string')
+}
+
 function errorOf (e, labels) {
-  return { sqlstate: e.code ?? null, message: labels.redact(e.message), hint: labels.redact(e.hint) }
+  const tokenShaped = rawTexts(e).some(t => t.search(TOKEN_SHAPE) >= 0)
+  return {
+    sqlstate: e.code ?? null, message: labels.redact(e.message), hint: labels.redact(e.hint), token_shaped: tokenShaped,
+  }
 }
 
 // node-postgres: a Client per connection, named prepared statements.
