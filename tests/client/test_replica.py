@@ -73,7 +73,12 @@ def lagging(primary, own_standby):
 
 
 def replayed(standby, token):
-    return wait_until(lambda: status(standby.connect(), token) != "not_replayed", 30)
+    """Until the standby has replayed the token's session (one connection
+    for the whole wait: the harness keeps every connection open until the
+    test ends, and a loaded machine polls often enough to fill the
+    standby's max_connections)."""
+    conn = standby.connect()
+    return wait_until(lambda: status(conn, token) != "not_replayed", 30)
 
 
 def test_validate_require_and_list_on_a_standby_answer_as_on_the_primary(primary, own_standby):
