@@ -265,7 +265,7 @@ pub fn refresh(token: Option<&str>) -> Result<Pair, Status> {
         // never held.)
         if current {
             if let Some(effective) = rotatable(&row, now, &policy) {
-                if let Some(pair) = rotate(client, &row, token, now, &policy, effective) {
+                if let Some(pair) = rotate(client, &row, token, &parsed, now, &policy, effective) {
                     return Ok(pair);
                 }
             }
@@ -299,8 +299,10 @@ fn refresh_locked(
     let row = load_for_update(client, &parsed.session).ok_or(Status::Invalid)?;
     let presented = identify_locked(client, parsed, &row).ok_or(Status::Invalid)?;
     match lineage::decide_refresh(&presented, &row, now, policy, was_current) {
-        Refresh::Rotate(effective) => Ok(rotate(client, &row, token, now, policy, effective)
-            .unwrap_or_else(|| error::internal("rotate", "the locked row changed"))),
+        Refresh::Rotate(effective) => {
+            Ok(rotate(client, &row, token, parsed, now, policy, effective)
+                .unwrap_or_else(|| error::internal("rotate", "the locked row changed")))
+        }
         // If the retry key is gone already (a wait longer than the erase
         // margin, a restart), the pair cannot be given again: the token has
         // outlived what its grace allows.
@@ -325,13 +327,15 @@ fn rotate(
     client: &mut SpiClient<'_>,
     row: &SessionRow,
     presented_refresh: &str,
+    presented: &Parsed,
     now: Micros,
     policy: &Policy,
     effective: Effective,
 ) -> Option<Pair> {
     // The new pair supersedes the presented token, so it must be the row's
     // current one; anything else would branch the lineage.
-    if !token::same_digest(&token::digest(presented_refresh), Some(&row.refresh_digest)) {
+    // (`presented` is `presented_refresh` parsed: its digest is already made.)
+    if !token::same_digest(&presented.digest, Some(&row.refresh_digest)) {
         error::internal("rotate", "the presented token is not the row's current one");
     }
     let grace_until = now.saturating_add(policy.refresh_grace);
