@@ -98,10 +98,10 @@ BEGIN
           FROM (SELECT i, gen_random_uuid() AS sid FROM generate_series(lo, hi) i) g;
     INSERT INTO bench.tokens SELECT id, access, refresh FROM stage;
     INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, created_at,
-        authenticated_at, last_refreshed_at, generation, access_digest, access_issued_at,
+        authenticated_at, last_refreshed_at, generation, access_digest,
         access_expires_at, refresh_digest, refresh_expires_at, absolute_expires_at, purge_after)
     SELECT sid, 'user' || id, bench.session_data(), 1, now_, now_, now_, 1,
-           substr(sha256(convert_to(access, 'UTF8')), 1, fmt.digest_len), now_,
+           substr(sha256(convert_to(access, 'UTF8')), 1, fmt.digest_len),
            least(now_ + access_ttl, now_ + absolute),
            substr(sha256(convert_to(refresh, 'UTF8')), 1, fmt.digest_len),
            least(now_ + idle, now_ + absolute),
@@ -144,11 +144,11 @@ DECLARE
     past timestamptz := statement_timestamp() - interval '1 day';
 BEGIN
     INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, created_at,
-        authenticated_at, last_refreshed_at, generation, access_digest, access_issued_at,
+        authenticated_at, last_refreshed_at, generation, access_digest,
         access_expires_at, refresh_digest, refresh_expires_at, absolute_expires_at, purge_after)
     SELECT gen_random_uuid(), 'expired' || i, bench.session_data(), 1,
            past - interval '1 hour', past - interval '1 hour', past - interval '1 hour', 1,
-           substr(sha256(gen_random_bytes(32)), 1, 16), past - interval '1 hour', past,
+           substr(sha256(gen_random_bytes(32)), 1, 16), past,
            substr(sha256(gen_random_bytes(32)), 1, 16), past, past, past
       FROM generate_series(1, n) i;
 END

@@ -61,11 +61,15 @@ REVOKE ALL ON SCHEMA session_auth FROM PUBLIC;
 COMMENT ON SCHEMA session_auth IS
     'pg_session_auth private state: read-only for DBAs, never for applications';
 
--- One row per session (token family). The current token pair and its
--- superseded parent are digests on the row, so every check is one
--- primary-key probe and a rotation is one row update. A rotation changes no
--- indexed column, and a tenth of every page is kept free, so it is a HOT
--- update: the new row version goes on the same page and no index changes.
+-- One row per session (token family). The current token pair is digests on
+-- the row, so checking a current token is one primary-key probe and a
+-- rotation is one row update (and the blacklist row of the pair it
+-- replaces: the parent, and every older pair, are only there). A rotation
+-- changes no indexed column, and a tenth of every page is kept free, so it
+-- is a HOT update: the new row version goes on the same page and no index
+-- changes. Nothing derivable is stored: the current pair was issued at
+-- last_refreshed_at, which is also when it replaced its parent, if its
+-- generation is not the first (docs/design.md, "Sessions, tokens, lineage").
 CREATE TABLE session_auth.sessions (
     session_id            uuid        PRIMARY KEY,
     user_id               text        NOT NULL,
@@ -73,23 +77,17 @@ CREATE TABLE session_auth.sessions (
     auth_level            int         NOT NULL CHECK (auth_level BETWEEN 1 AND 3),
     created_at            timestamptz NOT NULL,
     authenticated_at      timestamptz NOT NULL,
-    -- Anchor of the idle timeout: creation, then every rotation.
+    -- Anchor of the idle timeout and the access token's issue time:
+    -- creation, then every rotation.
     last_refreshed_at     timestamptz NOT NULL,
     -- Generation of the current pair: 1 at issue, +1 per rotation.
     generation            int         NOT NULL,
     access_digest         bytea       NOT NULL,
-    access_issued_at      timestamptz NOT NULL,
     access_expires_at     timestamptz NOT NULL,
     refresh_digest        bytea       NOT NULL,
     -- The refresh token's stored deadline: idle timeout, capped by absolute.
     refresh_expires_at    timestamptz NOT NULL,
     absolute_expires_at   timestamptz NOT NULL,
-    -- The pair the current one replaced, for the grace window.
-    parent_access_digest  bytea,
-    parent_access_expires_at timestamptz,
-    parent_refresh_digest bytea,
-    parent_refresh_expires_at timestamptz,
-    rotated_at            timestamptz,
     -- End of the parent's grace window, fixed by the rotating caller's
     -- refresh_grace; NULL after a reauthentication (no grace then).
     grace_until           timestamptz,

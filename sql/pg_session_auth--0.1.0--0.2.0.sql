@@ -14,6 +14,13 @@
 --   longer dumped.
 -- * Digests are the first 16 bytes of SHA-256 (src/token.rs, DIGEST_LEN):
 --   the stored ones are cut to that, in the sessions and the blacklist.
+-- * A session row holds its current pair only: the parent pair's columns
+--   go (0.1.0 put every superseded pair on the blacklist too, where the
+--   parent is now found), and so do access_issued_at and rotated_at, which
+--   0.1.0 always set to last_refreshed_at. A parent token whose blacklist
+--   entry 0.1.0 had already purged (it had expired) answers 'invalid' after
+--   the update instead of 'expired'. The dropped columns' bytes leave the
+--   existing rows as they are rewritten (VACUUM FULL does it at once).
 -- * The blacklist keeps one row per pair, keyed by session and generation,
 --   instead of one per token digest.
 -- * Capped logins lock rows of session_auth.login_locks, not an advisory lock.
@@ -31,12 +38,19 @@
 ALTER TABLE session_auth.sessions DROP COLUMN retry_pair;
 ALTER TABLE session_auth.sessions ADD COLUMN retry_key_id bigint;
 
+-- The current pair only (see above).
+ALTER TABLE session_auth.sessions
+    DROP COLUMN parent_access_digest,
+    DROP COLUMN parent_access_expires_at,
+    DROP COLUMN parent_refresh_digest,
+    DROP COLUMN parent_refresh_expires_at,
+    DROP COLUMN access_issued_at,
+    DROP COLUMN rotated_at;
+
 -- Digests: the first 16 bytes of what 0.1.0 stored (the whole SHA-256).
 UPDATE session_auth.sessions SET
     access_digest = pg_catalog.substr(access_digest, 1, 16),
-    refresh_digest = pg_catalog.substr(refresh_digest, 1, 16),
-    parent_access_digest = pg_catalog.substr(parent_access_digest, 1, 16),
-    parent_refresh_digest = pg_catalog.substr(parent_refresh_digest, 1, 16);
+    refresh_digest = pg_catalog.substr(refresh_digest, 1, 16);
 
 -- The blacklist: one row per pair, by session and generation, instead of one
 -- per token digest (src/blacklist.rs). 0.1.0 put both tokens of a pair in

@@ -5,9 +5,14 @@
 //! parent is found with one primary-key probe whatever its kind; a token of
 //! 0.1.0 (no generation) is looked for among its session's rows.
 //!
-//! The row keeps both tokens' digests, each with its own deadline: a digest
-//! whose token had already expired when the pair left the row is not kept
-//! (NULL), and the row goes when the later of the two deadlines has passed.
+//! The row keeps both tokens' digests, each with its own deadline, and the
+//! row goes when the later of the two deadlines has passed. A revocation
+//! does not keep a digest whose token had already expired (NULL). A
+//! rotation keeps it, because the pair it supersedes is the new pair's
+//! parent, whose tokens are told apart from any other for as long as it is
+//! the parent (an expired parent access token answers `expired`, rule 6);
+//! once older, such a token is found no more (`expired_when_listed`), as
+//! if it had not been kept.
 //! Pure: `store` and `probe` read the rows, this says which one, if any, is
 //! the presented token's.
 
@@ -27,6 +32,8 @@ pub struct ListedPair {
     pub generation: i32,
     pub access: Option<Kept>,
     pub refresh: Option<Kept>,
+    /// When the pair left the session row (`revoked_at`).
+    pub listed_at: Micros,
 }
 
 /// What the blacklist says of a presented token: the generation of its pair
@@ -35,6 +42,9 @@ pub struct ListedPair {
 pub struct Blacklisted {
     pub generation: i32,
     pub expires_at: Micros,
+    /// The token had expired before its pair left the row: only as the
+    /// parent is it still one of the session's (`lineage::identify`).
+    pub expired_when_listed: bool,
 }
 
 impl ListedPair {
@@ -49,6 +59,7 @@ impl ListedPair {
         token::same_digest(&parsed.digest, Some(&kept.digest)).then_some(Blacklisted {
             generation: self.generation,
             expires_at: kept.expires_at,
+            expired_when_listed: kept.expires_at <= self.listed_at,
         })
     }
 }
@@ -85,6 +96,7 @@ mod unit_tests {
             generation: 3,
             access: kept("a3", 10),
             refresh: kept("r3", 20),
+            listed_at: 5,
         }
     }
 
@@ -95,8 +107,24 @@ mod unit_tests {
             access,
             Some(Blacklisted {
                 generation: 3,
-                expires_at: 10
+                expires_at: 10,
+                expired_when_listed: false,
             })
+        );
+        let late = ListedPair {
+            listed_at: 10,
+            ..pair()
+        };
+        let expired = late.entry_for(&parsed(Kind::Access, "a3")).unwrap();
+        assert!(
+            expired.expired_when_listed,
+            "its deadline had come when it was listed"
+        );
+        assert!(
+            !late
+                .entry_for(&parsed(Kind::Refresh, "r3"))
+                .unwrap()
+                .expired_when_listed
         );
         let refresh = pair().entry_for(&parsed(Kind::Refresh, "r3"));
         assert_eq!(refresh.map(|b| b.expires_at), Some(20));
@@ -127,6 +155,7 @@ mod unit_tests {
             generation: 2,
             access: kept("a2", 5),
             refresh: kept("r2", 15),
+            listed_at: 1,
         };
         let found = find(&parsed(Kind::Refresh, "r2"), [pair(), older]);
         assert_eq!(found.map(|b| b.generation), Some(2));

@@ -83,10 +83,11 @@ impl Policy {
 #[derive(Clone, Copy, Debug)]
 pub struct Stored {
     pub created_at: Micros,
+    /// Also when the current pair (its access token) was issued: every
+    /// pair is made by the issue or the rotation that sets this.
     pub last_refreshed_at: Micros,
     pub refresh_expires_at: Micros,
     pub absolute_expires_at: Micros,
-    pub access_issued_at: Micros,
     pub access_expires_at: Micros,
 }
 
@@ -112,7 +113,7 @@ impl Effective {
         let session = idle.min(absolute);
         let access = stored
             .access_expires_at
-            .min(stored.access_issued_at.saturating_add(policy.access_ttl))
+            .min(stored.last_refreshed_at.saturating_add(policy.access_ttl))
             .min(session);
         Effective {
             session,
@@ -192,7 +193,6 @@ mod unit_tests {
             last_refreshed_at: t,
             refresh_expires_at: pair.refresh_expires_at,
             absolute_expires_at: t + p.absolute_timeout,
-            access_issued_at: t,
             access_expires_at: pair.access_expires_at,
         }
     }
@@ -252,7 +252,6 @@ mod unit_tests {
             last_refreshed_at: 100 * MIN,
             refresh_expires_at: pair.refresh_expires_at,
             absolute_expires_at: 1000 * MIN,
-            access_issued_at: 100 * MIN,
             access_expires_at: pair.access_expires_at,
         };
         assert_eq!(

@@ -46,7 +46,11 @@ impl Status {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Presented {
     Current,
-    Parent,
+    /// Of the pair the current one replaced (the row's generation minus
+    /// one), with the token's own deadline; from the blacklist.
+    Parent {
+        expires_at: Micros,
+    },
     /// Superseded before the parent; from the blacklist.
     Older {
         generation: i32,
@@ -54,27 +58,35 @@ pub enum Presented {
     },
 }
 
-/// Finds which token of `row` the parsed token is, if any. `blacklisted`
-/// looks the token up on the blacklist of its session (writers through SPI
-/// with a fresh snapshot, validate through a direct probe; `blacklist`).
+/// Finds which token of `row` the parsed token is, if any. Only the current
+/// pair is on the row; `blacklisted` looks any other up on the blacklist of
+/// its session (writers through SPI with a fresh snapshot, validate through
+/// a direct probe; `blacklist`), where every pair the session no longer
+/// holds is, the parent included: one copy of each, and a row no wider than
+/// its current pair.
 pub fn identify(
     parsed: &Parsed,
     row: &SessionRow,
     blacklisted: impl FnOnce(&Parsed) -> Option<Blacklisted>,
 ) -> Option<Presented> {
-    let (current, parent) = match parsed.kind {
-        Kind::Access => (&row.access_digest, &row.parent_access_digest),
-        Kind::Refresh => (&row.refresh_digest, &row.parent_refresh_digest),
+    let current = match parsed.kind {
+        Kind::Access => &row.access_digest,
+        Kind::Refresh => &row.refresh_digest,
     };
     if token::same_digest(&parsed.digest, Some(current)) {
         return Some(Presented::Current);
     }
-    if token::same_digest(&parsed.digest, parent.as_deref()) {
-        return Some(Presented::Parent);
+    let listed = blacklisted(parsed)?;
+    if listed.generation == row.generation.saturating_sub(1) {
+        return Some(Presented::Parent {
+            expires_at: listed.expires_at,
+        });
     }
-    blacklisted(parsed).map(|b| Presented::Older {
-        generation: b.generation,
-        expires_at: b.expires_at,
+    // An older token that had expired before its pair was superseded is no
+    // longer one of the family (`blacklist`): it answers `invalid`.
+    (!listed.expired_when_listed).then_some(Presented::Older {
+        generation: listed.generation,
+        expires_at: listed.expires_at,
     })
 }
 
@@ -83,7 +95,7 @@ pub fn identify(
 fn in_grace(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
     row.grace_until.is_some_and(|until| now < until)
         && row
-            .rotated_at
+            .rotated_at()
             .is_some_and(|at| now < at.saturating_add(policy.refresh_grace))
 }
 
@@ -98,7 +110,7 @@ pub const RACE_WINDOW: Micros = SECOND / 10;
 fn racing_reauthentication(row: &SessionRow, now: Micros) -> bool {
     row.grace_until.is_none()
         && row
-            .rotated_at
+            .rotated_at()
             .is_some_and(|at| now < at.saturating_add(RACE_WINDOW))
 }
 
@@ -109,7 +121,7 @@ fn may_retry(row: &SessionRow, now: Micros, policy: &Policy) -> bool {
     in_grace(row, now, policy)
         || (row.grace_until.is_some()
             && row
-                .rotated_at
+                .rotated_at()
                 .is_some_and(|at| now < at.saturating_add(RACE_WINDOW)))
 }
 
@@ -127,19 +139,17 @@ pub fn access_status(
     let effective = Effective::of(&row.stored(), policy);
     let until = match presented {
         Presented::Current => effective.access,
-        Presented::Parent => {
+        Presented::Parent { expires_at } => {
             // Rule 6: in-flight requests of the pair a refresh replaced.
             if !in_grace(row, now, policy) {
                 return Err(Status::Revoked);
             }
             let grace_end = row.grace_until.unwrap_or(now).min(
-                row.rotated_at
+                row.rotated_at()
                     .unwrap_or(now)
                     .saturating_add(policy.refresh_grace),
             );
-            grace_end
-                .min(row.parent_access_expires_at.unwrap_or(now))
-                .min(effective.session)
+            grace_end.min(*expires_at).min(effective.session)
         }
         Presented::Older { .. } => return Err(Status::Revoked),
     };
@@ -195,20 +205,22 @@ pub fn decide_refresh(
     match *presented {
         Presented::Current => Refresh::Rotate(effective),
         // Rule 2: a lost response or a second tab gets the same pair.
-        Presented::Parent if lost_race || may_retry(row, now, policy) => Refresh::Retry(effective),
+        Presented::Parent { .. } if lost_race || may_retry(row, now, policy) => {
+            Refresh::Retry(effective)
+        }
         // Superseded while this call waited, by a re-authentication or by
         // two rotations, or by a re-authentication a moment before this call
         // (another tab's): not a theft, but no pair to give either.
-        Presented::Parent | Presented::Older { .. } if was_current => {
+        Presented::Parent { .. } | Presented::Older { .. } if was_current => {
             Refresh::Refused(Status::Expired)
         }
-        Presented::Parent if racing_reauthentication(row, now) => Refresh::Refused(Status::Expired),
+        Presented::Parent { .. } if racing_reauthentication(row, now) => {
+            Refresh::Refused(Status::Expired)
+        }
         // Outside the grace a parent past its own deadline is expired, not
         // reuse (precedence: expired first).
-        Presented::Parent if row.parent_refresh_expires_at.is_some_and(|at| now >= at) => {
-            Refresh::Refused(Status::Expired)
-        }
-        Presented::Parent => Refresh::ReuseDetected {
+        Presented::Parent { expires_at } if now >= expires_at => Refresh::Refused(Status::Expired),
+        Presented::Parent { .. } => Refresh::ReuseDetected {
             replayed_generation: row.generation - 1,
         },
         Presented::Older { expires_at, .. } if now >= expires_at => {
@@ -261,7 +273,8 @@ mod unit_tests {
         None
     }
 
-    /// `r0` and `a0`, two generations back, are on the blacklist.
+    /// The parent pair (`a1`/`r1`, generation 1) and `r0` and `a0`, two
+    /// generations back, are on the blacklist.
     fn blacklist(parsed: &Parsed) -> Option<Blacklisted> {
         let kept = |name| {
             Some(crate::blacklist::Kept {
@@ -269,12 +282,24 @@ mod unit_tests {
                 expires_at: 20 * MIN,
             })
         };
-        let pair = crate::blacklist::ListedPair {
+        let older = crate::blacklist::ListedPair {
             generation: 0,
             access: kept("a0"),
             refresh: kept("r0"),
+            listed_at: MIN / 2,
         };
-        pair.entry_for(parsed)
+        crate::blacklist::find(parsed, [SessionRow::parent_on_the_blacklist(), older])
+    }
+
+    /// The parent's entry only, with its refresh token's deadline at `at`.
+    fn parent_until(at: Micros) -> impl Fn(&Parsed) -> Option<Blacklisted> {
+        move |parsed| {
+            let mut parent = SessionRow::parent_on_the_blacklist();
+            if let Some(refresh) = parent.refresh.as_mut() {
+                refresh.expires_at = at;
+            }
+            parent.entry_for(parsed)
+        }
     }
 
     fn refresh(row: &SessionRow, token: &str, now: Micros, was_current: bool) -> Refresh {
@@ -289,8 +314,19 @@ mod unit_tests {
         let which = |kind, name| identify(&presented(kind, name), &row, blacklist);
         assert_eq!(which(Kind::Access, "a2"), Some(Presented::Current));
         assert_eq!(which(Kind::Refresh, "r2"), Some(Presented::Current));
-        assert_eq!(which(Kind::Access, "a1"), Some(Presented::Parent));
-        assert_eq!(which(Kind::Refresh, "r1"), Some(Presented::Parent));
+        let p = policy();
+        assert_eq!(
+            which(Kind::Access, "a1"),
+            Some(Presented::Parent {
+                expires_at: p.access_ttl
+            })
+        );
+        assert_eq!(
+            which(Kind::Refresh, "r1"),
+            Some(Presented::Parent {
+                expires_at: p.idle_timeout
+            })
+        );
         assert_eq!(
             which(Kind::Refresh, "r0"),
             Some(Presented::Older {
@@ -312,10 +348,33 @@ mod unit_tests {
             panic!("the blacklist was read for a token the row knows")
         };
         assert!(identify(&presented(Kind::Refresh, "r2"), &row, must_not_read).is_some());
-        assert!(identify(&presented(Kind::Refresh, "r1"), &row, must_not_read).is_some());
+        assert!(identify(&presented(Kind::Access, "a2"), &row, must_not_read).is_some());
         assert_eq!(
             identify(&presented(Kind::Refresh, "x"), &row, no_blacklist),
             None
+        );
+    }
+
+    #[test]
+    fn the_parent_is_the_blacklisted_pair_one_generation_back() {
+        let row = refreshed_at(MIN);
+        // Not on the blacklist (its tokens had both expired, or its entry
+        // was purged): nothing says it is the session's.
+        assert_eq!(
+            identify(&presented(Kind::Refresh, "r1"), &row, no_blacklist),
+            None
+        );
+        // The same entry, for a row one rotation further on, is older.
+        let next = SessionRow {
+            generation: 3,
+            ..refreshed_at(MIN)
+        };
+        assert_eq!(
+            identify(&presented(Kind::Refresh, "r1"), &next, blacklist),
+            Some(Presented::Older {
+                generation: 1,
+                expires_at: policy().idle_timeout
+            })
         );
     }
 
@@ -353,7 +412,7 @@ mod unit_tests {
             ..policy()
         };
         let parsed = presented(Kind::Refresh, "r1");
-        let which = identify(&parsed, &row, no_blacklist).unwrap();
+        let which = identify(&parsed, &row, blacklist).unwrap();
         assert!(matches!(
             decide_refresh(&which, &row, MIN + 2 * SECOND, &tight, false),
             Refresh::ReuseDetected { .. }
@@ -380,12 +439,14 @@ mod unit_tests {
             Refresh::Refused(Status::Expired)
         );
         // The parent is past its own deadline.
-        let past_parent = SessionRow {
-            parent_refresh_expires_at: Some(MIN + GRACE),
-            ..refreshed_at(MIN)
-        };
+        let which = identify(
+            &presented(Kind::Refresh, "r1"),
+            &row,
+            parent_until(MIN + GRACE),
+        )
+        .unwrap();
         assert_eq!(
-            refresh(&past_parent, "r1", MIN + GRACE, false),
+            decide_refresh(&which, &row, MIN + GRACE, &policy(), false),
             Refresh::Refused(Status::Expired)
         );
         // The whole session is past its idle timeout.
@@ -422,7 +483,7 @@ mod unit_tests {
             refresh_grace: 0,
             ..policy()
         };
-        let which = identify(&presented(Kind::Refresh, "r1"), &row, no_blacklist).unwrap();
+        let which = identify(&presented(Kind::Refresh, "r1"), &row, blacklist).unwrap();
         let effective = Effective::of(&row.stored(), &no_grace);
         let within = MIN + RACE_WINDOW - 1;
         assert_eq!(

@@ -67,13 +67,14 @@ const SESSION_COLUMNS: [Column; COLUMN_COUNT + 1] = {
 
 /// The blacklist's key (session, generation), then the columns `blacklisted`
 /// reads.
-const BLACKLIST_COLUMNS: [Column; 6] = [
+const BLACKLIST_COLUMNS: [Column; 7] = [
     col(c"session_id", pg_sys::UUIDOID),
     col(c"generation", pg_sys::INT4OID),
     col(c"access_digest", pg_sys::BYTEAOID),
     col(c"access_expires_at", pg_sys::TIMESTAMPTZOID),
     col(c"refresh_digest", pg_sys::BYTEAOID),
     col(c"refresh_expires_at", pg_sys::TIMESTAMPTZOID),
+    col(c"revoked_at", pg_sys::TIMESTAMPTZOID),
 ];
 
 /// A probed table as verified: its oid, its index's, and the zero-based
@@ -198,6 +199,7 @@ unsafe fn read_listed_pair(v: Values<'_>) -> ListedPair {
             generation: get(v, 1),
             access: kept(2),
             refresh: kept(4),
+            listed_at: get::<pgrx::datum::TimestampWithTimeZone>(v, 6).into_inner(),
         }
     }
 }

@@ -114,13 +114,12 @@ fn policy() -> impl Strategy<Value = Policy> {
 }
 
 fn stored() -> impl Strategy<Value = Stored> {
-    prop::array::uniform6(timestamp()).prop_map(|t| Stored {
+    prop::array::uniform5(timestamp()).prop_map(|t| Stored {
         created_at: t[0],
         last_refreshed_at: t[1],
         refresh_expires_at: t[2],
         absolute_expires_at: t[3],
-        access_issued_at: t[4],
-        access_expires_at: t[5],
+        access_expires_at: t[4],
     })
 }
 
@@ -173,31 +172,21 @@ fn row_and_presented() -> impl Strategy<Value = (SessionRow, Presented)> {
                     authenticated_at: created,
                     last_refreshed_at: last,
                     generation: if rotated { generation.max(2) } else { 1 },
-                    access_issued_at: last,
                     access_expires_at: at(0),
                     refresh_expires_at: at(1),
                     absolute_expires_at: created.saturating_add(off[2]),
-                    parent_access_expires_at: rotated.then(|| at(3)),
-                    parent_refresh_expires_at: rotated.then(|| at(4)),
-                    rotated_at: rotated.then_some(last),
                     grace_until: matches!(history, History::Refreshed)
                         .then(|| last.saturating_add(grace)),
                     retry_key_id: matches!(history, History::Refreshed).then_some(1),
                     revoked_at: revoked.map(|o| last.saturating_add(o)),
                     ..SessionRow::refreshed_at(0)
                 };
-                let row = if rotated {
-                    row
-                } else {
-                    SessionRow {
-                        parent_access_digest: None,
-                        parent_refresh_digest: None,
-                        ..row
-                    }
-                };
                 let presented = match which {
                     0 => Presented::Current,
-                    1 if rotated => Presented::Parent,
+                    // The parent's own deadline, by its kind: at(3) or at(4).
+                    1 if rotated => Presented::Parent {
+                        expires_at: at(3 + usize::from(older % 2 == 0)),
+                    },
                     _ => Presented::Older {
                         generation: older,
                         expires_at: at(5),
@@ -325,6 +314,7 @@ fn listed(generation: i32, access: &str, refresh: &str) -> ListedPair {
         generation,
         access: kept(access),
         refresh: kept(refresh),
+        listed_at: 0,
     }
 }
 
@@ -411,21 +401,32 @@ proptest! {
             flip_ascii_bit(genuine, at, bit)
         };
         prop_assert_ne!(&mutated, genuine);
+        let parent = |parsed: &token::Parsed| {
+            blacklist::find(parsed, [listed(row.generation - 1, &tokens[2], &tokens[3])])
+        };
         if let Some(parsed) = token::parse(&mutated, None) {
-            prop_assert_eq!(identify(&parsed, &row, no_blacklist), None);
+            prop_assert_eq!(identify(&parsed, &row, parent), None);
             // Nor is it found on the blacklist beside the genuine tokens.
             let both = [listed(1, &tokens[0], &tokens[1]), listed(2, &tokens[2], &tokens[3])];
             prop_assert_eq!(blacklist::find(&parsed, both), None);
         }
         // ... while the genuine token is what it was issued as.
         let parsed = token::parse(genuine, None).expect("genuine");
-        let expected = if which < 2 { Presented::Current } else { Presented::Parent };
-        prop_assert_eq!(identify(&parsed, &row, no_blacklist), Some(expected));
+        let expected = if which < 2 {
+            Presented::Current
+        } else {
+            Presented::Parent { expires_at: i64::MAX }
+        };
+        prop_assert_eq!(identify(&parsed, &row, parent), Some(expected));
+        // The row alone knows only the current pair.
+        let on_the_row = (which < 2).then_some(Presented::Current);
+        prop_assert_eq!(identify(&parsed, &row, no_blacklist), on_the_row);
     }
 }
 
 /// A rotated session row whose digests are those of real tokens, and the
-/// tokens: current access, current refresh, parent access, parent refresh.
+/// tokens: current access, current refresh, parent access, parent refresh
+/// (the parent pair's digests are for its blacklist row, `listed`).
 fn issued_pairs() -> impl Strategy<Value = (SessionRow, [String; 4])> {
     (
         session_id(),
@@ -446,8 +447,6 @@ fn issued_pairs() -> impl Strategy<Value = (SessionRow, [String; 4])> {
                 generation,
                 access_digest: d(0),
                 refresh_digest: d(1),
-                parent_access_digest: Some(d(2)),
-                parent_refresh_digest: Some(d(3)),
                 ..SessionRow::refreshed_at(MINUTE)
             };
             (row, tokens)
@@ -569,7 +568,7 @@ proptest! {
         prop_assert!(e.access <= s.access_expires_at);
         prop_assert!(e.session <= s.last_refreshed_at.saturating_add(p.idle_timeout));
         prop_assert!(e.absolute <= s.created_at.saturating_add(p.absolute_timeout));
-        prop_assert!(e.access <= s.access_issued_at.saturating_add(p.access_ttl));
+        prop_assert!(e.access <= s.last_refreshed_at.saturating_add(p.access_ttl));
     }
 
     /// Loosening a setting never shortens a deadline and, by the previous
@@ -618,7 +617,6 @@ proptest! {
             last_refreshed_at: now,
             refresh_expires_at: pair.refresh_expires_at,
             absolute_expires_at: absolute,
-            access_issued_at: now,
             access_expires_at: pair.access_expires_at,
         };
         let e = Effective::of(&s, &p);
@@ -644,7 +642,7 @@ proptest! {
 // The status rules (src/lineage.rs, src/standby.rs; docs/design.md).
 
 fn now_around(row: &SessionRow) -> impl Strategy<Value = Micros> {
-    let anchor = row.rotated_at.unwrap_or(row.created_at);
+    let anchor = row.rotated_at().unwrap_or(row.created_at);
     prop_oneof![
         3 => offset().prop_map(move |o| anchor.saturating_add(o)),
         1 => timestamp(),
@@ -721,14 +719,16 @@ proptest! {
     fn the_parent_inside_its_window_is_a_retry((row, presented, now, p, was_current) in refresh_case()) {
         let decided = decide_refresh(&presented, &row, now, &p, was_current);
         if matches!(decided, Refresh::Retry(_)) {
-            prop_assert_eq!(&presented, &Presented::Parent);
+            let parent = matches!(presented, Presented::Parent { .. });
+            prop_assert!(parent);
             prop_assert!(row.grace_until.is_some(), "a re-authentication has no grace");
         }
         let live = row.revoked_at.is_none() && now < Effective::of(&row.stored(), &p).session;
-        let (Some(grace_until), Some(rotated)) = (row.grace_until, row.rotated_at) else { return Ok(()) };
+        let (Some(grace_until), Some(rotated)) = (row.grace_until, row.rotated_at()) else { return Ok(()) };
         let in_window = now < grace_until && now < rotated.saturating_add(p.refresh_grace);
         let racing = now < rotated.saturating_add(RACE_WINDOW);
-        if presented == Presented::Parent && live && (in_window || racing || was_current) {
+        let parent = matches!(presented, Presented::Parent { .. });
+        if parent && live && (in_window || racing || was_current) {
             prop_assert!(matches!(decided, Refresh::Retry(_)), "{:?}", decided);
         }
         // ... and outside its window, by the caller's own setting, not racing
@@ -763,9 +763,9 @@ proptest! {
                 prop_assert!(now < until && until <= e.session);
                 match presented {
                     Presented::Current => prop_assert_eq!(until, e.access),
-                    Presented::Parent => {
-                        let (grace_until, rotated) = (row.grace_until.unwrap(), row.rotated_at.unwrap());
-                        prop_assert!(until <= grace_until);
+                    Presented::Parent { expires_at } => {
+                        let (grace_until, rotated) = (row.grace_until.unwrap(), row.rotated_at().unwrap());
+                        prop_assert!(until <= grace_until && until <= expires_at);
                         prop_assert!(until <= rotated.saturating_add(p.refresh_grace));
                     }
                     Presented::Older { .. } => prop_assert!(false, "an ancestor validated"),
@@ -775,7 +775,7 @@ proptest! {
         }
         // Rule 6: after its window, by the caller's setting, the parent of
         // a refresh answers `revoked`; a re-authentication's parent at once.
-        if let (Presented::Parent, Some(rotated)) = (&presented, row.rotated_at) {
+        if let (Presented::Parent { .. }, Some(rotated)) = (&presented, row.rotated_at()) {
             let window_end = row.grace_until.map(|g| g.min(rotated.saturating_add(p.refresh_grace)));
             if window_end.is_none_or(|end| now >= end) {
                 prop_assert_eq!(access_status(&presented, &row, now, &p), Err(Status::Revoked));

@@ -8,7 +8,7 @@
 //! that can connect send on any channel.
 
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
+use pgrx::{IntoDatum, JsonB};
 use serde_json::{json, Value};
 
 use crate::clock::Micros;
@@ -97,7 +97,7 @@ pub fn revoke(
         },
     );
     for (id, user_id, event_id) in &revoked {
-        notify(client, event, *event_id, &SessionId::from(*id), user_id);
+        notify(event, *event_id, &SessionId::from(*id), user_id);
     }
     revoked.len()
 }
@@ -136,27 +136,53 @@ pub fn record(
 /// full or more (any role that can connect can fill it), it is not sent, and
 /// the event row, which the transaction records anyway, is the only trace
 /// (the server log says so, at most once a minute per backend).
-pub fn notify(
-    client: &mut SpiClient<'_>,
-    event: Event,
-    event_id: i64,
-    session_id: &SessionId,
-    user_id: &str,
-) {
+pub fn notify(event: Event, event_id: i64, session_id: &SessionId, user_id: &str) {
     let payload = json!({
         "event": event.as_str(),
         "event_id": event_id,
         "session_id": session_id.to_string(),
         "user_id": user_id,
     });
-    let sent = store::run(
-        client,
-        &store::NOTIFY,
-        &[payload.to_string().as_str().into()],
-        |t| !t.is_empty(),
-    );
-    if !sent {
+    if notify_queue_has_room() {
+        send_notify(CHANNEL, &payload.to_string());
+    } else {
         log_skipped_notify(event_id);
+    }
+}
+
+/// The channel every event is announced on.
+const CHANNEL: &str = "session_auth";
+
+/// Whether the cluster's notification queue is less than half full: every
+/// role that can connect can fill it, and a full queue fails the committing
+/// transaction (54000), so a login, a logout or a theft revocation must never
+/// depend on it. Asked on every call, never remembered: on PostgreSQL 17 and
+/// later a DBA may make the queue small enough to fill in a moment
+/// (`max_notify_queue_pages`). Asking also advances the queue's tail, which
+/// a listener that has gone away may have left behind.
+///
+/// PostgreSQL's own functions, called directly (as SQL's
+/// `pg_notification_queue_usage()` and `pg_notify()` would call them):
+/// nothing is looked up by name, and no statement is planned or run for
+/// what is two function calls (issue 17: the write path).
+fn notify_queue_has_room() -> bool {
+    // SAFETY: a built-in function of no arguments, called as fmgr would.
+    let usage = unsafe {
+        pgrx::direct_function_call::<f64>(pgrx::pg_sys::pg_notification_queue_usage, &[])
+    };
+    usage.is_some_and(|u| u < 0.5)
+}
+
+/// `pg_notify(channel, payload)`: queued with the transaction, sent when it
+/// commits; PostgreSQL refuses it on a standby, as the statement would.
+fn send_notify(channel: &str, payload: &str) {
+    // SAFETY: a built-in function of two text arguments, called as fmgr
+    // would; the datums live in the current memory context until it ends.
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(
+            pgrx::pg_sys::pg_notify,
+            &[channel.into_datum(), payload.into_datum()],
+        );
     }
 }
 

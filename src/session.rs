@@ -7,8 +7,9 @@
 //! session's tokens was presented by comparing digests:
 //!
 //! * the current pair, on the row;
-//! * the parent pair it replaced, also on the row (grace window, rules 2/6);
-//! * an older superseded token, found on the blacklist (reuse, rule 3).
+//! * the parent pair it replaced (grace window, rules 2/6), found on the
+//!   blacklist as the pair one generation back;
+//! * an older superseded token, also found there (reuse, rule 3).
 //!
 //! A token matching none of them was never issued: `invalid`, whatever
 //! session id it claims. Writers lock the session row (`FOR UPDATE`), which
@@ -166,7 +167,7 @@ pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
             user_id,
             json!({ "auth_level": auth_level }),
         );
-        revocation::notify(client, Event::Issued, event_id, &session_id, user_id);
+        revocation::notify(Event::Issued, event_id, &session_id, user_id);
     });
     Pair {
         session_id,

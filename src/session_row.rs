@@ -32,21 +32,15 @@ macro_rules! session_row_columns {
             last_refreshed_at: ts Micros = TIMESTAMPTZOID,
             generation: req i32 = INT4OID,
             access_digest: req Vec<u8> = BYTEAOID,
-            access_issued_at: ts Micros = TIMESTAMPTZOID,
             access_expires_at: ts Micros = TIMESTAMPTZOID,
             refresh_digest: req Vec<u8> = BYTEAOID,
             refresh_expires_at: ts Micros = TIMESTAMPTZOID,
             absolute_expires_at: ts Micros = TIMESTAMPTZOID,
-            parent_access_digest: opt Option<Vec<u8>> = BYTEAOID,
-            parent_access_expires_at: opt_ts Option<Micros> = TIMESTAMPTZOID,
-            parent_refresh_digest: opt Option<Vec<u8>> = BYTEAOID,
-            rotated_at: opt_ts Option<Micros> = TIMESTAMPTZOID,
             grace_until: opt_ts Option<Micros> = TIMESTAMPTZOID,
             // The retry key the current pair was derived with (a refresh), or
             // NULL (issue, re-authentication, revocation).
             retry_key_id: opt Option<i64> = INT8OID,
             revoked_at: opt_ts Option<Micros> = TIMESTAMPTZOID,
-            parent_refresh_expires_at: opt_ts Option<Micros> = TIMESTAMPTZOID,
         }
     };
 }
@@ -169,14 +163,23 @@ impl SessionRow {
         self.generation.saturating_add(1)
     }
 
+    /// When the current pair replaced another (a refresh or a
+    /// re-authentication), if it did. Not stored: every rotation sets
+    /// `last_refreshed_at` and adds one to `generation`, and nothing else
+    /// does either (docs/design.md, "Sessions, tokens, lineage").
+    pub fn rotated_at(&self) -> Option<Micros> {
+        (self.generation > crate::token::FIRST_GENERATION).then_some(self.last_refreshed_at)
+    }
+
     /// What bounds the session's life, for the deadline rules (`clock`).
+    /// The current pair was issued when the row was last refreshed (or
+    /// created): `last_refreshed_at` is also its access token's issue time.
     pub fn stored(&self) -> Stored {
         Stored {
             created_at: self.created_at,
             last_refreshed_at: self.last_refreshed_at,
             refresh_expires_at: self.refresh_expires_at,
             absolute_expires_at: self.absolute_expires_at,
-            access_issued_at: self.access_issued_at,
             access_expires_at: self.access_expires_at,
         }
     }
@@ -186,7 +189,8 @@ impl SessionRow {
 impl SessionRow {
     /// For unit tests: a session issued at 0 whose first pair (`a1`/`r1`:
     /// the digests of those words) a refresh at `rotated` replaced with
-    /// `a2`/`r2` (generation 2), under the default settings.
+    /// `a2`/`r2` (generation 2), under the default settings. The first pair
+    /// is on the blacklist: `parent_on_the_blacklist` says as what.
     pub fn refreshed_at(rotated: Micros) -> Self {
         let p = crate::clock::default_policy();
         let d = |name: &str| crate::token::digest(name).to_vec();
@@ -199,19 +203,32 @@ impl SessionRow {
             last_refreshed_at: rotated,
             generation: 2,
             access_digest: d("a2"),
-            access_issued_at: rotated,
             access_expires_at: rotated + p.access_ttl,
             refresh_digest: d("r2"),
             refresh_expires_at: rotated + p.idle_timeout,
             absolute_expires_at: p.absolute_timeout,
-            parent_access_digest: Some(d("a1")),
-            parent_access_expires_at: Some(p.access_ttl),
-            parent_refresh_digest: Some(d("r1")),
-            rotated_at: Some(rotated),
             grace_until: Some(rotated + p.refresh_grace),
             retry_key_id: Some(1),
             revoked_at: None,
-            parent_refresh_expires_at: Some(p.idle_timeout),
+        }
+    }
+
+    /// The blacklist row of the first pair of `refreshed_at`: each token
+    /// with the deadline it was issued with.
+    pub fn parent_on_the_blacklist() -> crate::blacklist::ListedPair {
+        let p = crate::clock::default_policy();
+        let kept = |name: &str, expires_at| {
+            Some(crate::blacklist::Kept {
+                digest: crate::token::digest(name).to_vec(),
+                expires_at,
+            })
+        };
+        crate::blacklist::ListedPair {
+            generation: 1,
+            access: kept("a1", p.access_ttl),
+            refresh: kept("r1", p.idle_timeout),
+            // When `refreshed_at` rotated it: any time will do for a parent.
+            listed_at: 0,
         }
     }
 }
@@ -226,6 +243,6 @@ mod unit_tests {
         let probed: Vec<&str> = COLUMNS.iter().map(|c| c.name.to_str().unwrap()).collect();
         assert_eq!(selected, probed);
         assert_eq!(selected[0], "session_id", "the key comes first");
-        assert_eq!(COLUMN_COUNT, 21);
+        assert_eq!(COLUMN_COUNT, 15);
     }
 }

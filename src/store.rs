@@ -245,7 +245,7 @@ pub static LIST_USER: Stmt = Stmt {
 pub static FIND_BLACKLISTED: Stmt = Stmt {
     name: "find_blacklisted",
     sql: "SELECT generation, access_digest, access_expires_at, refresh_digest, \
-          refresh_expires_at FROM session_auth.blacklist \
+          refresh_expires_at, revoked_at FROM session_auth.blacklist \
           WHERE session_id = $1 AND generation = $2",
     args: &[T::UUIDOID, T::INT4OID],
     writes: true,
@@ -256,7 +256,7 @@ pub static FIND_BLACKLISTED: Stmt = Stmt {
 pub static FIND_BLACKLISTED_LEGACY: Stmt = Stmt {
     name: "find_blacklisted_legacy",
     sql: "SELECT generation, access_digest, access_expires_at, refresh_digest, \
-          refresh_expires_at FROM session_auth.blacklist WHERE session_id = $1",
+          refresh_expires_at, revoked_at FROM session_auth.blacklist WHERE session_id = $1",
     args: &[T::UUIDOID],
     writes: true,
 };
@@ -265,9 +265,9 @@ pub static INSERT_SESSION: Stmt = Stmt {
     name: "insert_session",
     sql: "INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, \
           created_at, authenticated_at, last_refreshed_at, generation, access_digest, \
-          access_issued_at, access_expires_at, refresh_digest, refresh_expires_at, \
+          access_expires_at, refresh_digest, refresh_expires_at, \
           absolute_expires_at, purge_after) \
-          VALUES ($1, $2, $3, $4, $5, $5, $5, $11, $6, $5, $7, $8, $9, $10, greatest($7, $9))",
+          VALUES ($1, $2, $3, $4, $5, $5, $5, $11, $6, $7, $8, $9, $10, greatest($7, $9))",
     args: &[
         T::UUIDOID,
         T::TEXTOID,
@@ -284,8 +284,8 @@ pub static INSERT_SESSION: Stmt = Stmt {
     writes: true,
 };
 
-/// Replaces the current pair, keeps the old one as the parent (SET sees the
-/// old values) and puts the old digests on the blacklist, in one statement.
+/// Replaces the current pair and puts the old one on the blacklist, where
+/// it is the parent of the new one (`lineage::identify`), in one statement.
 /// It changes no indexed column (`purge_after` is a lower bound the purge
 /// moves up; see PURGE_SESSIONS), so with the table's free space it is a
 /// HOT update: no new index entries, a fraction of the WAL.
@@ -297,11 +297,13 @@ pub static INSERT_SESSION: Stmt = Stmt {
 /// row) instead of branching the lineage; the caller falls back to locking.
 /// Every value taken from the row it read is fixed by those three columns.
 ///
-/// The old pair goes to the blacklist as one row (`blacklist`). A digest
-/// whose token has already expired is not kept (NULL), and a pair whose
-/// tokens have both expired gets no row: it could be purged at once, after
-/// which its tokens answer `invalid` anyway (the common case: a client
-/// refreshes once its access token expired). No `ON CONFLICT`: a pair
+/// The old pair goes to the blacklist as one row (`blacklist`), where it is
+/// the new pair's parent: its access digest is kept even if that token has
+/// expired already (the common case: a client refreshes once its access
+/// token expired), so that it answers `expired` as the parent and `invalid`
+/// once older. A refresh digest is kept while its token lives (always, for
+/// a session alive enough to rotate), and a pair whose tokens have both
+/// expired would get no row. No `ON CONFLICT`: a pair
 /// reaches the blacklist exactly once, when it stops being current, so a
 /// conflict cannot happen and the speculative-insertion check would be paid
 /// on every rotation for nothing.
@@ -310,12 +312,8 @@ static ROTATE: Stmt = Stmt {
     sql: "WITH rotated AS ( \
             UPDATE session_auth.sessions SET \
               generation = generation + 1, \
-              parent_access_digest = access_digest, \
-              parent_access_expires_at = access_expires_at, \
-              parent_refresh_digest = refresh_digest, \
-              parent_refresh_expires_at = refresh_expires_at, \
-              rotated_at = $2, grace_until = $3, retry_key_id = $4, \
-              access_digest = $5, access_issued_at = $2, access_expires_at = $6, \
+              grace_until = $3, retry_key_id = $4, \
+              access_digest = $5, access_expires_at = $6, \
               refresh_digest = $7, refresh_expires_at = $8, last_refreshed_at = $2, \
               authenticated_at = coalesce($9, authenticated_at), \
               auth_level = greatest(auth_level, coalesce($10, auth_level)) \
@@ -326,8 +324,7 @@ static ROTATE: Stmt = Stmt {
             INSERT INTO session_auth.blacklist (session_id, generation, \
               access_digest, access_expires_at, refresh_digest, refresh_expires_at, \
               revoked_at, expires_at, reason) \
-            SELECT $1, $12, \
-              CASE WHEN $13 > $2 THEN $11 END, CASE WHEN $13 > $2 THEN $13 END, \
+            SELECT $1, $12, $11, $13, \
               CASE WHEN $16 > $2 THEN $15 END, CASE WHEN $16 > $2 THEN $16 END, \
               $2, greatest($13, $16), $14 \
             WHERE greatest($13, $16) > $2 AND EXISTS (SELECT FROM rotated)) \
@@ -463,20 +460,6 @@ pub static SET_DATA: Stmt = Stmt {
     name: "set_data",
     sql: "UPDATE session_auth.sessions SET data = $2 WHERE session_id = $1",
     args: &[T::UUIDOID, T::JSONBOID],
-    writes: true,
-};
-
-/// Sends the NOTIFY only while the cluster's notification queue is less
-/// than half full; no row means it was not sent. Every role that can connect
-/// can fill that queue, and a full queue fails the committing transaction
-/// (54000): a login, a logout or a theft revocation must never depend on it.
-/// Asking for the queue's usage also advances its tail, which a listener that
-/// has gone away may have left behind.
-pub static NOTIFY: Stmt = Stmt {
-    name: "notify",
-    sql: "SELECT pg_catalog.pg_notify('session_auth', $1) \
-          WHERE pg_catalog.pg_notification_queue_usage() < 0.5",
-    args: &[T::TEXTOID],
     writes: true,
 };
 
@@ -663,5 +646,8 @@ fn read_listed_pair(r: &SpiHeapTupleData<'_>) -> ListedPair {
         generation: req(r, 1),
         access: kept(2),
         refresh: kept(4),
+        listed_at: ts_col(r, 6).unwrap_or_else(|| {
+            crate::error::internal("reading the blacklist", "revoked_at is NULL")
+        }),
     }
 }

@@ -552,7 +552,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn an_already_expired_digest_is_not_blacklisted_at_rotation() {
+    fn an_access_token_expired_before_its_rotation_is_expired_as_the_parent_then_invalid() {
         let (id, access, r1) = issue("late");
         // The access token ran out before the client refreshed, as usual.
         Spi::run(&format!(
@@ -560,13 +560,26 @@ mod tests {
              WHERE session_id = '{id}'"
         ))
         .unwrap();
-        assert_eq!(refresh(&r1).0, "ok");
-        let kept: String = one(&format!(
-            "SELECT concat_ws(',', CASE WHEN access_digest IS NOT NULL THEN 'access' END, \
-                                   CASE WHEN refresh_digest IS NOT NULL THEN 'refresh' END) \
-             FROM session_auth.blacklist WHERE session_id = '{id}'"
-        ));
-        assert_eq!(kept, "refresh", "only the live superseded digest is kept");
-        assert_eq!(validate_status(&access), "expired");
+        let (status, _, r2) = refresh(&r1);
+        assert_eq!(status, "ok");
+        // The superseded pair is the parent now, and the parent is only on
+        // the blacklist: both its digests are kept there.
+        let kept = |generation: i32| -> String {
+            one(&format!(
+                "SELECT concat_ws(',', CASE WHEN access_digest IS NOT NULL THEN 'access' END, \
+                                       CASE WHEN refresh_digest IS NOT NULL THEN 'refresh' END) \
+                 FROM session_auth.blacklist WHERE session_id = '{id}' AND generation = {generation}"
+            ))
+        };
+        assert_eq!(kept(1), "access,refresh");
+        assert_eq!(
+            validate_status(&access),
+            "expired",
+            "as the parent (rule 6)"
+        );
+        // One rotation later it is an older token, one that had expired
+        // before its pair was superseded: not one of the family any more.
+        assert_eq!(refresh(&r2.expect("a rotated pair")).0, "ok");
+        assert_eq!(validate_status(&access), "invalid");
     }
 }

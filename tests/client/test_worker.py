@@ -173,10 +173,10 @@ def test_large_purge_never_blocks_validate(own_cluster, capsys):
     # 99,000 more live sessions, written directly (digests of nothing anyone holds).
     db.execute(
         "INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, created_at, "
-        " authenticated_at, last_refreshed_at, generation, access_digest, access_issued_at, "
+        " authenticated_at, last_refreshed_at, generation, access_digest, "
         " access_expires_at, refresh_digest, refresh_expires_at, absolute_expires_at, purge_after) "
         "SELECT gen_random_uuid(), 'filler' || g, '{}', 1, now(), now(), now(), 1, "
-        " sha256(('a' || g)::bytea), now(), now() + interval '15 min', sha256(('r' || g)::bytea), "
+        " sha256(('a' || g)::bytea), now() + interval '15 min', sha256(('r' || g)::bytea), "
         " now() + interval '30 min', now() + interval '12 h', now() + interval '30 min' "
         "FROM generate_series(1, 99000) g"
     )

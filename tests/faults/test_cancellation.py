@@ -128,8 +128,11 @@ class Subjects:
             "SELECT s.generation, "
             "s.access_digest = " + digest("%(at)s") + " AND s.refresh_digest = " + digest("%(rt)s")
             + " AS current, "
-            "s.parent_access_digest IS NOT DISTINCT FROM " + digest("%(at)s")
-            + " AND s.parent_refresh_digest IS NOT DISTINCT FROM " + digest("%(rt)s") + " AS parent, "
+            # The parent: the blacklisted pair one generation back.
+            "EXISTS (SELECT FROM session_auth.blacklist p WHERE p.session_id = s.session_id "
+            "  AND p.generation = s.generation - 1 "
+            "  AND p.access_digest IS NOT DISTINCT FROM " + digest("%(at)s")
+            + " AND p.refresh_digest IS NOT DISTINCT FROM " + digest("%(rt)s") + ") AS parent, "
             "s.auth_level, s.grace_until IS NOT NULL AS grace, s.revoked_at IS NOT NULL AS revoked, "
             "(SELECT count(*) FROM session_auth.blacklist b WHERE b.session_id = s.session_id "
             "  AND b.reason = %(reason)s AND b.generation = 1 "
@@ -279,10 +282,10 @@ class Subjects:
             "FROM generate_series(1, %s)", [n])
         self.su.execute(
             "INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, created_at, authenticated_at, "
-            "last_refreshed_at, generation, access_digest, access_issued_at, access_expires_at, refresh_digest, "
+            "last_refreshed_at, generation, access_digest, access_expires_at, refresh_digest, "
             "refresh_expires_at, absolute_expires_at, purge_after) "
             "SELECT gen_random_uuid(), 'backlog', '{}', 1, now() - interval '3 h', now() - interval '3 h', "
-            "now() - interval '3 h', 1, decode(md5(random()::text || i), 'hex'), now() - interval '3 h', "
+            "now() - interval '3 h', 1, decode(md5(random()::text || i), 'hex'), "
             "now() - interval '2 h', decode(md5(random()::text || i || 'r'), 'hex'), now() - interval '2 h', "
             "now() + interval '9 h', now() - interval '2 h' FROM generate_series(1, %s) i", [n])
 

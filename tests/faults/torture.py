@@ -381,9 +381,12 @@ class Torture:
         db = connect_retry(self.cluster, timeout=RECOVERY_TIMEOUT)
         try:
             rows = {str(r["session_id"]): r for r in db.execute(
-                "SELECT session_id, generation, access_digest, refresh_digest, parent_refresh_digest, "
-                "revoked_at IS NOT NULL AS revoked, grace_until > now() + interval '5 s' AS in_grace "
-                "FROM session_auth.sessions WHERE user_id LIKE 'torture-%'"
+                "SELECT s.session_id, s.generation, s.access_digest, s.refresh_digest, "
+                # The parent pair is the blacklisted one a generation back.
+                "(SELECT b.refresh_digest FROM session_auth.blacklist AS b WHERE b.session_id = s.session_id "
+                " AND b.generation = s.generation - 1) AS parent_refresh_digest, "
+                "s.revoked_at IS NOT NULL AS revoked, s.grace_until > now() + interval '5 s' AS in_grace "
+                "FROM session_auth.sessions AS s WHERE s.user_id LIKE 'torture-%'"
             ).fetchall()}
             self.wait_for_backstop(db)
             for f in self.families:

@@ -6,7 +6,7 @@ every row of every table but no token. The adversarial review of 0.1.0
 rebuilt live pairs from rows alone: 0.1.0 wrapped the retry pair under
 HMAC-SHA-256 keyed with the parent refresh token, and HMAC replaces a key
 longer than 64 bytes (a token is 72 or 78) by its SHA-256, the very digest stored
-in `sessions.parent_refresh_digest`.
+in 0.1.0's `sessions.parent_refresh_digest` (and on the blacklist).
 
 `rebuilt_pairs` runs both constructions, with every stored byte string in
 every secret input, and returns the pairs that match a stored current

@@ -245,7 +245,7 @@ def test_4_after_the_update_every_session_answers_as_before(upgraded_cluster):
                       ).fetchone()["reloptions"] == ["autovacuum_vacuum_scale_factor=0.01"]
     db.execute("ALTER TABLE session_auth.blacklist RESET (autovacuum_vacuum_scale_factor)")
     assert db.execute("SELECT count(*) AS n FROM session_auth.sessions WHERE octet_length(access_digest) <> 16 "
-                      "OR octet_length(parent_refresh_digest) <> 16").fetchone()["n"] == 0
+                      "OR octet_length(refresh_digest) <> 16").fetchone()["n"] == 0
     assert db.execute("SELECT session_id, user_id, data, auth_level, generation, revoked_at "
                       "FROM session_auth.sessions ORDER BY 1").fetchall() == w["sessions"]
 
