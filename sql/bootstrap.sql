@@ -104,7 +104,10 @@ CREATE TABLE session_auth.sessions (
     -- revocation. Nothing about the pair itself is stored.
     retry_key_id          bigint
 ) WITH (fillfactor = 90);
-CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id, created_at);
+-- By user only: logout everywhere, the devices list and the session cap
+-- find a user's sessions here and order them themselves, and equal keys
+-- share one index entry (B-tree deduplication).
+CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id);
 CREATE INDEX sessions_purge_after_idx ON session_auth.sessions (purge_after);
 COMMENT ON TABLE session_auth.sessions IS
     'One row per session (token family); token digests only, never tokens';
@@ -115,15 +118,18 @@ COMMENT ON TABLE session_auth.sessions IS
 -- carries (src/blacklist.rs). Both digests are kept, each with its token's
 -- deadline, NULL if that token had expired already; the row is kept until
 -- the later deadline (expires_at), then the worker deletes it.
+-- Columns in an order that needs no alignment padding (the 8-byte ones
+-- first, then the 4-byte one, then the variable-length ones): a row per
+-- rotation, so every byte counts.
 CREATE TABLE session_auth.blacklist (
     session_id          uuid        NOT NULL,
-    generation          int         NOT NULL,
-    access_digest       bytea,
-    access_expires_at   timestamptz,
-    refresh_digest      bytea,
-    refresh_expires_at  timestamptz,
     revoked_at          timestamptz NOT NULL,
     expires_at          timestamptz NOT NULL,
+    access_expires_at   timestamptz,
+    refresh_expires_at  timestamptz,
+    generation          int         NOT NULL,
+    access_digest       bytea,
+    refresh_digest      bytea,
     reason              text        NOT NULL,
     PRIMARY KEY (session_id, generation)
 );

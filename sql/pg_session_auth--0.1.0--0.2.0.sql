@@ -22,7 +22,8 @@
 --   the update instead of 'expired'. The dropped columns' bytes leave the
 --   existing rows as they are rewritten (VACUUM FULL does it at once).
 -- * The blacklist keeps one row per pair, keyed by session and generation,
---   instead of one per token digest.
+--   instead of one per token digest, its columns ordered to need no padding.
+-- * The sessions' user index is on user_id alone.
 -- * Capped logins lock rows of session_auth.login_locks, not an advisory lock.
 -- * Every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp.
 -- * session_event(id) confirms the event a NOTIFY names; session_require and
@@ -46,6 +47,11 @@ ALTER TABLE session_auth.sessions
     DROP COLUMN parent_refresh_expires_at,
     DROP COLUMN access_issued_at,
     DROP COLUMN rotated_at;
+
+-- Sessions are found by user without their creation time (the callers
+-- order them themselves), so equal user ids share an index entry.
+DROP INDEX session_auth.sessions_user_id_idx;
+CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id);
 
 -- Digests: the first 16 bytes of what 0.1.0 stored (the whole SHA-256).
 UPDATE session_auth.sessions SET
@@ -80,13 +86,13 @@ BEGIN
     ALTER INDEX session_auth.blacklist_expires_at_idx RENAME TO blacklist_0_1_0_expires_at_idx;
     CREATE TABLE session_auth.blacklist (
         session_id          uuid        NOT NULL,
-        generation          int         NOT NULL,
-        access_digest       bytea,
-        access_expires_at   timestamptz,
-        refresh_digest      bytea,
-        refresh_expires_at  timestamptz,
         revoked_at          timestamptz NOT NULL,
         expires_at          timestamptz NOT NULL,
+        access_expires_at   timestamptz,
+        refresh_expires_at  timestamptz,
+        generation          int         NOT NULL,
+        access_digest       bytea,
+        refresh_digest      bytea,
         reason              text        NOT NULL,
         PRIMARY KEY (session_id, generation)
     );
@@ -99,7 +105,9 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', update_path, true);
 END
 $$;
-INSERT INTO session_auth.blacklist
+INSERT INTO session_auth.blacklist (session_id, generation,
+    access_digest, access_expires_at, refresh_digest, refresh_expires_at,
+    revoked_at, expires_at, reason)
 SELECT b.session_id, b.generation,
        pg_catalog.substr(a.digest, 1, 16), a.expires_at,
        pg_catalog.substr(r.digest, 1, 16), r.expires_at,
