@@ -116,8 +116,10 @@ COMMENT ON TABLE session_auth.sessions IS
 -- re-authentication, or current when it was revoked), one row per pair,
 -- keyed by the session and the pair's generation, which every token
 -- carries (src/blacklist.rs). Both digests are kept, each with its token's
--- deadline, NULL if that token had expired already; the row is kept until
--- the later deadline (expires_at), then the worker deletes it.
+-- deadline (a revocation leaves out, as NULL, a token that had expired
+-- already); the row is kept until the later deadline (expires_at), then the
+-- worker deletes it. The row one generation below the session's is the
+-- parent pair, which the session row does not hold.
 -- Columns in an order that needs no alignment padding (the 8-byte ones
 -- first, then the 4-byte one, then the variable-length ones): a row per
 -- rotation, so every byte counts.
