@@ -22,7 +22,6 @@
 //! that rotation's pair (rule 7), whatever `refresh_grace` is.
 
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
 use serde_json::json;
 
 use crate::backstop;
@@ -142,9 +141,9 @@ pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
         if cap > 0 {
             evict_beyond_cap(client, user_id, cap, now, &policy);
         }
-        let event_id = store::run(
+        store::run(
             client,
-            &store::ISSUE,
+            &store::INSERT_SESSION,
             &[
                 store::uuid(&session_id),
                 user_id.into(),
@@ -157,12 +156,17 @@ pub fn issue(user_id: &str, data: RawJsonb, auth_level: i32) -> Pair {
                 store::ts(deadlines.refresh_expires_at),
                 store::ts(absolute),
                 generation.into(),
-                Event::Issued.as_str().into(),
-                JsonB(json!({ "auth_level": auth_level })).into(),
             ],
-            |t| store::first_row(t, |r| store::req::<i64>(r, 1)),
-        )
-        .unwrap_or_else(|| error::internal("issue", "INSERT returned no row"));
+            |_| (),
+        );
+        let event_id = revocation::record(
+            client,
+            Event::Issued,
+            now,
+            &session_id,
+            user_id,
+            json!({ "auth_level": auth_level }),
+        );
         revocation::notify(Event::Issued, event_id, &session_id, user_id);
     });
     Pair {

@@ -261,19 +261,13 @@ pub static FIND_BLACKLISTED_LEGACY: Stmt = Stmt {
     writes: true,
 };
 
-/// A new session and its event (`$12`, with details `$13`), in one
-/// statement: one plan to run instead of two. Returns the event's id.
-pub static ISSUE: Stmt = Stmt {
-    name: "issue",
-    sql: "WITH issued AS ( \
-            INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, \
-              created_at, authenticated_at, last_refreshed_at, generation, access_digest, \
-              access_expires_at, refresh_digest, refresh_expires_at, \
-              absolute_expires_at, purge_after) \
-            VALUES ($1, $2, $3, $4, $5, $5, $5, $11, $6, $7, $8, $9, $10, greatest($7, $9)) \
-            RETURNING session_id, user_id) \
-          INSERT INTO session_auth.events (event, at, session_id, user_id, details) \
-          SELECT $12, $5, session_id, user_id, $13 FROM issued RETURNING event_id",
+pub static INSERT_SESSION: Stmt = Stmt {
+    name: "insert_session",
+    sql: "INSERT INTO session_auth.sessions (session_id, user_id, data, auth_level, \
+          created_at, authenticated_at, last_refreshed_at, generation, access_digest, \
+          access_expires_at, refresh_digest, refresh_expires_at, \
+          absolute_expires_at, purge_after) \
+          VALUES ($1, $2, $3, $4, $5, $5, $5, $11, $6, $7, $8, $9, $10, greatest($7, $9))",
     args: &[
         T::UUIDOID,
         T::TEXTOID,
@@ -286,8 +280,6 @@ pub static ISSUE: Stmt = Stmt {
         T::TIMESTAMPTZOID,
         T::TIMESTAMPTZOID,
         T::INT4OID,
-        T::TEXTOID,
-        T::JSONBOID,
     ],
     writes: true,
 };
