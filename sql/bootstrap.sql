@@ -70,39 +70,48 @@ COMMENT ON SCHEMA session_auth IS
 -- changes. Nothing derivable is stored: the current pair was issued at
 -- last_refreshed_at, which is also when it replaced its parent, if its
 -- generation is not the first (docs/design.md, "Sessions, tokens, lineage").
+--
+-- The column order is physical (measured in bench/README.md, "The write
+-- path"): the fixed-width columns first, in an order where each starts at
+-- its alignment, so that no byte of a row is padding; and the columns a
+-- rotation writes next to one another, from generation to refresh_digest. A
+-- HOT update's WAL record leaves out the bytes the old and the new row share
+-- at their start and at their end, so it carries little more than those.
 CREATE TABLE session_auth.sessions (
     session_id            uuid        PRIMARY KEY,
-    user_id               text        NOT NULL,
-    data                  jsonb       NOT NULL,
-    auth_level            int         NOT NULL CHECK (auth_level BETWEEN 1 AND 3),
     created_at            timestamptz NOT NULL,
     authenticated_at      timestamptz NOT NULL,
-    -- Anchor of the idle timeout and the access token's issue time:
-    -- creation, then every rotation.
-    last_refreshed_at     timestamptz NOT NULL,
-    -- Generation of the current pair: 1 at issue, +1 per rotation.
-    generation            int         NOT NULL,
-    access_digest         bytea       NOT NULL,
-    access_expires_at     timestamptz NOT NULL,
-    refresh_digest        bytea       NOT NULL,
-    -- The refresh token's stored deadline: idle timeout, capped by absolute.
-    refresh_expires_at    timestamptz NOT NULL,
     absolute_expires_at   timestamptz NOT NULL,
-    -- End of the parent's grace window, fixed by the rotating caller's
-    -- refresh_grace; NULL after a reauthentication (no grace then).
-    grace_until           timestamptz,
-    revoked_at            timestamptz,
-    revoked_reason        text,
     -- Not before this can the session be purged: every token of it expires
     -- later by its stored deadline. Set at issue; rotations leave it (so
     -- they stay HOT updates) and the purge moves it up when it passes on a
     -- session still alive.
     purge_after           timestamptz NOT NULL,
+    revoked_at            timestamptz,
+    auth_level            int         NOT NULL CHECK (auth_level BETWEEN 1 AND 3),
+    -- What a rotation writes, from here to refresh_digest.
+    -- Generation of the current pair: 1 at issue, +1 per rotation.
+    generation            int         NOT NULL,
+    -- Anchor of the idle timeout and the access token's issue time:
+    -- creation, then every rotation.
+    last_refreshed_at     timestamptz NOT NULL,
+    access_expires_at     timestamptz NOT NULL,
+    -- The refresh token's stored deadline: idle timeout, capped by absolute.
+    refresh_expires_at    timestamptz NOT NULL,
+    -- End of the parent's grace window, fixed by the rotating caller's
+    -- refresh_grace; NULL after a reauthentication (no grace then).
+    grace_until           timestamptz,
     -- The retry key the current pair was derived with, from the parent
     -- refresh token (src/retry_pair.rs): a retry within the grace derives the
     -- same pair again. NULL after an issue, a reauthentication or a
     -- revocation. Nothing about the pair itself is stored.
-    retry_key_id          bigint
+    retry_key_id          bigint,
+    access_digest         bytea       NOT NULL,
+    refresh_digest        bytea       NOT NULL,
+    -- The end of what a rotation writes.
+    user_id               text        NOT NULL,
+    data                  jsonb       NOT NULL,
+    revoked_reason        text
 ) WITH (fillfactor = 90);
 -- By user only: logout everywhere, the devices list and the session cap
 -- find a user's sessions here and order them themselves, and equal keys

@@ -19,8 +19,8 @@
 --   parent is now found), and so do access_issued_at and rotated_at, which
 --   0.1.0 always set to last_refreshed_at. A parent token whose blacklist
 --   entry 0.1.0 had already purged (it had expired) answers 'invalid' after
---   the update instead of 'expired'. The dropped columns' bytes leave the
---   existing rows as they are rewritten (VACUUM FULL does it at once).
+--   the update instead of 'expired'. The row's columns are in an order
+--   that needs no padding and keeps what a rotation writes together.
 -- * The blacklist keeps one row per pair, keyed by session and generation,
 --   instead of one per token digest, its columns ordered to need no padding.
 -- * The sessions' user index is on user_id alone.
@@ -35,55 +35,70 @@
 -- Refuse to run outside ALTER EXTENSION (psql -f would half-apply it).
 \echo Use "ALTER EXTENSION pg_session_auth UPDATE TO '0.2.0'" to load this file. \quit
 
--- Sessions: no more wrapped pairs. Dropping the column erases them at once.
-ALTER TABLE session_auth.sessions DROP COLUMN retry_pair;
-ALTER TABLE session_auth.sessions ADD COLUMN retry_key_id bigint;
-
--- The current pair only (see above).
-ALTER TABLE session_auth.sessions
-    DROP COLUMN parent_access_digest,
-    DROP COLUMN parent_access_expires_at,
-    DROP COLUMN parent_refresh_digest,
-    DROP COLUMN parent_refresh_expires_at,
-    DROP COLUMN access_issued_at,
-    DROP COLUMN rotated_at;
-
--- Sessions are found by user without their creation time (the callers
--- order them themselves), so equal user ids share an index entry.
-DROP INDEX session_auth.sessions_user_id_idx;
-CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id);
-
--- Digests: the first 16 bytes of what 0.1.0 stored (the whole SHA-256).
-UPDATE session_auth.sessions SET
-    access_digest = pg_catalog.substr(access_digest, 1, 16),
-    refresh_digest = pg_catalog.substr(refresh_digest, 1, 16);
-
--- The blacklist: one row per pair, by session and generation, instead of one
--- per token digest (src/blacklist.rs). 0.1.0 put both tokens of a pair in
--- with the same session, generation and reason; each keeps its deadline.
--- The table is rebuilt, so the update takes a moment per million entries.
--- Storage parameters a DBA set on it (say autovacuum_vacuum_scale_factor,
--- which the README suggests) are carried over; grants on it to other roles
--- are not (the README says to grant again). The stats view reads it: it is
--- made again over the new table from its own definition (unchanged since
--- 0.1.0), before the old table goes. The block runs with nothing but
--- pg_catalog on the search_path: the definition is deparsed and parsed again
--- there, so every name in it resolves to what it did (the update's own path
--- holds the target schema, where a role may have planted a look-alike
--- jsonb_object_agg).
+-- Sessions and the blacklist are rebuilt, so the update takes a moment per
+-- million rows of each:
+-- * A session row loses the wrapped retry pair (its bytes go with the old
+--   table's files, where DROP COLUMN would only hide them), the parent pair
+--   and the two derived timestamps, gains retry_key_id, has its digests cut
+--   to 16 bytes, and has its columns in the physical order of a fresh
+--   install (sql/bootstrap.sql says why).
+-- * The blacklist keeps one row per pair, by session and generation, instead
+--   of one per token digest (src/blacklist.rs). 0.1.0 put both tokens of a
+--   pair in with the same session, generation and reason; each keeps its
+--   deadline.
+-- Storage parameters a DBA set on the tables (say the
+-- autovacuum_vacuum_scale_factor the README suggests) are carried over;
+-- grants on them to other roles are not (the README says to grant again).
+-- The stats view reads both: it is made again over the new tables from its
+-- own definition (unchanged since 0.1.0), before the old ones go. The block
+-- runs with nothing but pg_catalog on the search_path: the definition is
+-- deparsed and parsed again there, so every name in it resolves to what it
+-- did (the update's own path holds the target schema, where a role may have
+-- planted a look-alike jsonb_object_agg).
 DO $$
 DECLARE
     update_path pg_catalog.text := pg_catalog.current_setting('search_path');
     stats_definition pg_catalog.text;
-    storage pg_catalog.text[];
+    session_storage pg_catalog.text[];
+    blacklist_storage pg_catalog.text[];
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     stats_definition := pg_catalog.pg_get_viewdef('session_auth.stats'::pg_catalog.regclass);
-    SELECT c.reloptions INTO storage FROM pg_catalog.pg_class AS c
+    SELECT c.reloptions INTO session_storage FROM pg_catalog.pg_class AS c
+     WHERE c.oid OPERATOR(pg_catalog.=) 'session_auth.sessions'::pg_catalog.regclass;
+    SELECT c.reloptions INTO blacklist_storage FROM pg_catalog.pg_class AS c
      WHERE c.oid OPERATOR(pg_catalog.=) 'session_auth.blacklist'::pg_catalog.regclass;
+    ALTER TABLE session_auth.sessions RENAME TO sessions_0_1_0;
+    ALTER INDEX session_auth.sessions_pkey RENAME TO sessions_0_1_0_pkey;
+    -- (Constraint names are chosen unique in the schema.)
+    ALTER TABLE session_auth.sessions_0_1_0
+        RENAME CONSTRAINT sessions_auth_level_check TO sessions_0_1_0_auth_level_check;
+    ALTER INDEX session_auth.sessions_user_id_idx RENAME TO sessions_0_1_0_user_id_idx;
+    ALTER INDEX session_auth.sessions_purge_after_idx RENAME TO sessions_0_1_0_purge_after_idx;
     ALTER TABLE session_auth.blacklist RENAME TO blacklist_0_1_0;
     ALTER INDEX session_auth.blacklist_pkey RENAME TO blacklist_0_1_0_pkey;
     ALTER INDEX session_auth.blacklist_expires_at_idx RENAME TO blacklist_0_1_0_expires_at_idx;
+    -- Both as sql/bootstrap.sql makes them (tests/upgrade compares).
+    CREATE TABLE session_auth.sessions (
+        session_id            uuid        PRIMARY KEY,
+        created_at            timestamptz NOT NULL,
+        authenticated_at      timestamptz NOT NULL,
+        absolute_expires_at   timestamptz NOT NULL,
+        purge_after           timestamptz NOT NULL,
+        revoked_at            timestamptz,
+        auth_level            int         NOT NULL CHECK (auth_level BETWEEN 1 AND 3),
+        generation            int         NOT NULL,
+        last_refreshed_at     timestamptz NOT NULL,
+        access_expires_at     timestamptz NOT NULL,
+        refresh_expires_at    timestamptz NOT NULL,
+        grace_until           timestamptz,
+        retry_key_id          bigint,
+        access_digest         bytea       NOT NULL,
+        refresh_digest        bytea       NOT NULL,
+        user_id               text        NOT NULL,
+        data                  jsonb       NOT NULL,
+        revoked_reason        text
+    ) WITH (fillfactor = 90);
     CREATE TABLE session_auth.blacklist (
         session_id          uuid        NOT NULL,
         revoked_at          timestamptz NOT NULL,
@@ -96,15 +111,40 @@ BEGIN
         reason              text        NOT NULL,
         PRIMARY KEY (session_id, generation)
     );
-    IF storage IS NOT NULL THEN
+    IF session_storage IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER TABLE session_auth.sessions SET (%s)',
+                                  pg_catalog.array_to_string(session_storage, ', '));
+    END IF;
+    IF blacklist_storage IS NOT NULL THEN
         EXECUTE pg_catalog.format('ALTER TABLE session_auth.blacklist SET (%s)',
-                                  pg_catalog.array_to_string(storage, ', '));
+                                  pg_catalog.array_to_string(blacklist_storage, ', '));
     END IF;
     EXECUTE 'CREATE OR REPLACE VIEW session_auth.stats AS '
             OPERATOR(pg_catalog.||) stats_definition;
     PERFORM pg_catalog.set_config('search_path', update_path, true);
 END
 $$;
+-- Digests: the first 16 bytes of what 0.1.0 stored (the whole SHA-256).
+-- No session has a retry key yet: the wrapped pairs and the keys are gone.
+INSERT INTO session_auth.sessions (session_id, created_at, authenticated_at,
+    absolute_expires_at, purge_after, revoked_at, auth_level, generation,
+    last_refreshed_at, access_expires_at, refresh_expires_at, grace_until,
+    retry_key_id, access_digest, refresh_digest, user_id, data, revoked_reason)
+SELECT s.session_id, s.created_at, s.authenticated_at,
+       s.absolute_expires_at, s.purge_after, s.revoked_at, s.auth_level, s.generation,
+       s.last_refreshed_at, s.access_expires_at, s.refresh_expires_at, s.grace_until,
+       NULL, pg_catalog.substr(s.access_digest, 1, 16), pg_catalog.substr(s.refresh_digest, 1, 16),
+       s.user_id, s.data, s.revoked_reason
+FROM session_auth.sessions_0_1_0 AS s;
+ALTER EXTENSION pg_session_auth DROP TABLE session_auth.sessions_0_1_0;
+DROP TABLE session_auth.sessions_0_1_0;
+CREATE INDEX sessions_user_id_idx ON session_auth.sessions (user_id);
+CREATE INDEX sessions_purge_after_idx ON session_auth.sessions (purge_after);
+COMMENT ON TABLE session_auth.sessions IS
+    'One row per session (token family); token digests only, never tokens';
+REVOKE ALL ON TABLE session_auth.sessions FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('session_auth.sessions', '');
+
 INSERT INTO session_auth.blacklist (session_id, generation,
     access_digest, access_expires_at, refresh_digest, refresh_expires_at,
     revoked_at, expires_at, reason)

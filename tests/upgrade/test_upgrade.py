@@ -66,6 +66,23 @@ def status(db, fn, token):
     return db.execute(f"SELECT status FROM {fn}(%s)", [token]).fetchone()["status"]
 
 
+def files_holding(db, needles):
+    """The files of the current database's directory, as a reader of the
+    data directory sees them after a checkpoint, that hold any of
+    `needles`."""
+    db.execute("CHECKPOINT")
+    where = db.execute("SELECT current_setting('data_directory') AS d, oid FROM pg_database "
+                       "WHERE datname = current_database()").fetchone()
+    found = []
+    for path in sorted((Path(where["d"]) / "base" / str(where["oid"])).iterdir()):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # unlinked by the checkpoint meanwhile
+            continue
+        found += [(path.name, needle.hex()) for needle in needles if needle in data]
+    return found
+
+
 def make_world(db):
     """Sessions in every state, made by the old release. Returns the tokens
     and what each must answer after the update."""
@@ -106,8 +123,19 @@ def make_world(db):
     w["events"] = db.execute("SELECT event_id, event, session_id FROM session_auth.events ORDER BY 1").fetchall()
     w["blacklist"] = db.execute("SELECT session_id, generation, kind, digest, expires_at, reason "
                                 "FROM session_auth.blacklist ORDER BY 1, 2, 3").fetchall()
-    # What 0.1.0's README told DBAs to set on a growing blacklist.
+    # What 0.1.0's README told DBAs to set on a growing blacklist, and a
+    # storage parameter on the sessions.
     db.execute("ALTER TABLE session_auth.blacklist SET (autovacuum_vacuum_scale_factor = 0.01)")
+    db.execute("ALTER TABLE session_auth.sessions SET (autovacuum_vacuum_scale_factor = 0.02)")
+    # What the update removes: the wrapped retry pairs, and the half of each
+    # stored digest that is no longer kept.
+    w["removed"] = [bytes(r["v"]) for r in db.execute(
+        "SELECT retry_pair AS v FROM session_auth.sessions WHERE retry_pair IS NOT NULL "
+        "UNION ALL SELECT substr(access_digest, 17) FROM session_auth.sessions "
+        "UNION ALL SELECT substr(refresh_digest, 17) FROM session_auth.sessions "
+        "UNION ALL SELECT substr(digest, 17) FROM session_auth.blacklist").fetchall()]
+    assert any(len(v) > 16 for v in w["removed"]), "the world has wrapped retry pairs"
+    assert all(len(v) >= 16 for v in w["removed"])
     w["sessions"] = db.execute("SELECT session_id, user_id, data, auth_level, generation, revoked_at "
                                "FROM session_auth.sessions ORDER BY 1").fetchall()
     return w
@@ -224,8 +252,13 @@ def test_3_an_update_that_fails_half_way_leaves_the_old_version(upgraded_cluster
 def test_4_after_the_update_every_session_answers_as_before(upgraded_cluster):
     c, w = upgraded_cluster
     db = connect_retry(c, dbname=WORLD)
+    assert files_holding(db, w["removed"]), "the test sees the bytes where they are"
     db.execute(UPDATE)
     assert version(db) == NEW_VERSION
+    # What the update removes leaves the files with it: the sessions and the
+    # blacklist are rebuilt, where DROP COLUMN and UPDATE would leave the
+    # bytes in place until the pages are rewritten.
+    assert files_holding(db, w["removed"]) == []
     # Nothing stored was lost.
     assert db.execute("SELECT event_id, event, session_id FROM session_auth.events ORDER BY 1").fetchall() \
         == w["events"]
@@ -244,6 +277,9 @@ def test_4_after_the_update_every_session_answers_as_before(upgraded_cluster):
     assert db.execute("SELECT reloptions FROM pg_class WHERE oid = 'session_auth.blacklist'::regclass"
                       ).fetchone()["reloptions"] == ["autovacuum_vacuum_scale_factor=0.01"]
     db.execute("ALTER TABLE session_auth.blacklist RESET (autovacuum_vacuum_scale_factor)")
+    assert db.execute("SELECT reloptions FROM pg_class WHERE oid = 'session_auth.sessions'::regclass"
+                      ).fetchone()["reloptions"] == ["fillfactor=90", "autovacuum_vacuum_scale_factor=0.02"]
+    db.execute("ALTER TABLE session_auth.sessions RESET (autovacuum_vacuum_scale_factor)")
     assert db.execute("SELECT count(*) AS n FROM session_auth.sessions WHERE octet_length(access_digest) <> 16 "
                       "OR octet_length(refresh_digest) <> 16").fetchone()["n"] == 0
     assert db.execute("SELECT session_id, user_id, data, auth_level, generation, revoked_at "
