@@ -55,7 +55,6 @@ def test_same_refresh_token_sixteen_times_at_once(connect):
     sid = s["session_id"]
     current = s
     barrier = threading.Barrier(CLIENTS)
-    started = time.monotonic()
     with ThreadPoolExecutor(CLIENTS) as pool:
         for rnd in range(ROUNDS):
             before, _ = session_state(db, sid)
@@ -75,7 +74,6 @@ def test_same_refresh_token_sixteen_times_at_once(connect):
             current = results[0]
             assert current["refresh_token"] != token
             assert sa.validate(db, current["access_token"])["status"] == "ok"
-    assert time.monotonic() - started < 40
     # The lineage is intact: the last pair rotates normally once more.
     last = sa.refresh(db, current["refresh_token"])
     assert last["status"] == "ok"
