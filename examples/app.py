@@ -170,8 +170,16 @@ LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
 def plain_local_http():
-    """Secure cookies everywhere but plain http on this machine's loopback."""
-    return request.scheme == "http" and urlsplit("//" + request.host).hostname in LOOPBACK
+    """Secure cookies everywhere but plain http on this machine's loopback:
+    the connection comes from a loopback address (a peer cannot choose
+    that) and the request names a loopback host. The Host header alone
+    decides nothing, since every client sets its own; and a proxy on this
+    machine that passes the public host name on gets Secure cookies."""
+    return (
+        request.scheme == "http"
+        and request.remote_addr in LOOPBACK
+        and urlsplit("//" + request.host).hostname in LOOPBACK
+    )
 
 
 def cookie_names():

@@ -184,6 +184,20 @@ def test_cookies_are_secure_except_on_plain_local_http():
     assert "; Path=/;" in access + ";" and "; Path=/auth/refresh" in refresh
 
 
+def test_a_host_header_from_afar_does_not_turn_secure_off():
+    """A client elsewhere that names localhost in its Host header still gets
+    Secure cookies: only a loopback peer can have plain local http."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from app import app, cookie_names, plain_local_http
+
+    for peer, plain in (("203.0.113.9", False), ("127.0.0.1", True)):
+        with app.test_request_context(base_url="http://localhost:8000/", environ_base={"REMOTE_ADDR": peer}):
+            assert plain_local_http() is plain, peer
+            assert cookie_names()[0] == ("sa_access" if plain else "__Host-sa_access"), peer
+
+
 def test_login_reload_silent_refresh_tabs_and_logout_everywhere(device):
     sign_out_everywhere("alice")  # a clean slate: no session of alice from another test
     laptop = device("laptop")
