@@ -105,7 +105,7 @@ CREATE TABLE session_auth.sessions (
     -- refresh token (src/retry_pair.rs): a retry within the grace derives the
     -- same pair again. NULL after an issue, a reauthentication or a
     -- revocation. Nothing about the pair itself is stored.
-    retry_key_id          bigint,
+    retry_key_id          int,
     access_digest         bytea       NOT NULL,
     refresh_digest        bytea       NOT NULL,
     -- The end of what a rotation writes.
@@ -158,7 +158,7 @@ COMMENT ON TABLE session_auth.blacklist IS
 -- pair later. (A crash, a restore or a failover therefore ends the retries
 -- of the last few seconds' rotations: they answer 'expired'.)
 CREATE UNLOGGED TABLE session_auth.retry_keys (
-    key_id      bigint      PRIMARY KEY,
+    key_id      int         PRIMARY KEY,
     secret      bytea       NOT NULL CHECK (pg_catalog.octet_length(secret) OPERATOR(pg_catalog.=) 32),
     erase_after timestamptz NOT NULL
 );

@@ -11,7 +11,7 @@
 --   retry key (sessions.retry_key_id). A retry inside the grace window of a
 --   rotation made by 0.1.0 answers 'expired' after the update.
 -- * The retry keys are emptied, and the table becomes UNLOGGED and is no
---   longer dumped.
+--   longer dumped. Key ids are 4 bytes (int), as the sessions keep them.
 -- * Digests are the first 16 bytes of SHA-256 (src/token.rs, DIGEST_LEN):
 --   the stored ones are cut to that, in the sessions and the blacklist.
 -- * A session row holds its current pair only: the parent pair's columns
@@ -92,7 +92,7 @@ BEGIN
         access_expires_at     timestamptz NOT NULL,
         refresh_expires_at    timestamptz NOT NULL,
         grace_until           timestamptz,
-        retry_key_id          bigint,
+        retry_key_id          int,
         access_digest         bytea       NOT NULL,
         refresh_digest        bytea       NOT NULL,
         user_id               text        NOT NULL,
@@ -175,7 +175,7 @@ SELECT pg_catalog.pg_extension_config_dump('session_auth.blacklist', '');
 ALTER EXTENSION pg_session_auth DROP TABLE session_auth.retry_keys;
 DROP TABLE session_auth.retry_keys;
 CREATE UNLOGGED TABLE session_auth.retry_keys (
-    key_id      bigint      PRIMARY KEY,
+    key_id      int         PRIMARY KEY,
     secret      bytea       NOT NULL CHECK (pg_catalog.octet_length(secret) OPERATOR(pg_catalog.=) 32),
     erase_after timestamptz NOT NULL
 );

@@ -15,10 +15,16 @@ use crate::token::Secret;
 /// `expired`, never wrongly.
 pub const RING_SLOTS: usize = 4096;
 
+/// A retry key's id, as a session row stores it (`sessions.retry_key_id`,
+/// `int`: 4 bytes of every row). Ids need only tell apart the keys of the
+/// last grace window: a stale id that names a newer key derives a pair
+/// that its session's digests refuse (`session::retry_pair`).
+pub type KeyId = i32;
+
 #[derive(Clone, Copy)]
 struct KeySlot {
     /// 0: empty or erased.
-    id: i64,
+    id: KeyId,
     /// Rotations at or after this instant make a new key.
     usable_until: Micros,
     /// Not found at or after this instant, and zeroed by the next sweep.
@@ -40,9 +46,9 @@ pub struct KeyRing {
     /// The id the next key gets; slot `id % RING_SLOTS`. Starts at a random
     /// value in each run of the server, so that an id stored by an earlier
     /// run finds nothing.
-    next_id: i64,
+    next_id: KeyId,
     /// The id of the key rotations use now, 0 if none.
-    current: i64,
+    current: KeyId,
     slots: [KeySlot; RING_SLOTS],
 }
 
@@ -56,7 +62,7 @@ impl Default for KeyRing {
 }
 
 impl KeyRing {
-    pub fn starting_at(first_id: i64) -> Self {
+    pub fn starting_at(first_id: KeyId) -> Self {
         KeyRing {
             next_id: first_id.max(1),
             current: 0,
@@ -64,11 +70,11 @@ impl KeyRing {
         }
     }
 
-    fn slot(&self, id: i64) -> &KeySlot {
+    fn slot(&self, id: KeyId) -> &KeySlot {
         &self.slots[slot_index(id)]
     }
 
-    fn slot_mut(&mut self, id: i64) -> &mut KeySlot {
+    fn slot_mut(&mut self, id: KeyId) -> &mut KeySlot {
         &mut self.slots[slot_index(id)]
     }
 
@@ -76,7 +82,7 @@ impl KeyRing {
     /// until `erase_after`, if `now` is before its `usable_until` (its
     /// deadline pushed out to `erase_after` if that is later). What nearly
     /// every rotation gets: a new key is needed once a second at most.
-    pub fn current_key(&mut self, now: Micros, erase_after: Micros) -> Option<(i64, Secret)> {
+    pub fn current_key(&mut self, now: Micros, erase_after: Micros) -> Option<(KeyId, Secret)> {
         let current = self.current;
         let slot = self.slot_mut(current);
         if current == 0 || slot.id != current || now >= slot.usable_until || now >= slot.erase_after
@@ -98,13 +104,13 @@ impl KeyRing {
         usable_until: Micros,
         erase_after: Micros,
         new_secret: Secret,
-    ) -> (i64, Secret) {
+    ) -> (KeyId, Secret) {
         if let Some(key) = self.current_key(now, erase_after) {
             return key;
         }
         self.sweep(now);
         let id = self.next_id;
-        self.next_id = if id == i64::MAX { 1 } else { id + 1 };
+        self.next_id = if id == KeyId::MAX { 1 } else { id + 1 };
         *self.slot_mut(id) = KeySlot {
             id,
             usable_until,
@@ -116,7 +122,7 @@ impl KeyRing {
     }
 
     /// The secret of key `id`, if it is still there at `now`.
-    pub fn find(&self, id: i64, now: Micros) -> Option<Secret> {
+    pub fn find(&self, id: KeyId, now: Micros) -> Option<Secret> {
         let slot = self.slot(id);
         (id != 0 && slot.id == id && now < slot.erase_after).then_some(slot.secret)
     }
@@ -140,8 +146,8 @@ impl KeyRing {
     }
 }
 
-fn slot_index(id: i64) -> usize {
-    (id.unsigned_abs() % RING_SLOTS as u64) as usize
+fn slot_index(id: KeyId) -> usize {
+    id.unsigned_abs() as usize % RING_SLOTS
 }
 
 #[cfg(test)]
@@ -171,7 +177,7 @@ mod unit_tests {
         now: Micros,
         until: Micros,
         s: &mut impl FnMut() -> Secret,
-    ) -> (i64, Secret) {
+    ) -> (KeyId, Secret) {
         r.key_for(now, now + S, until, s())
     }
 
@@ -255,7 +261,7 @@ mod unit_tests {
     fn an_id_from_another_run_or_an_overwritten_slot_finds_nothing() {
         let (mut r, mut s) = (ring(), secrets());
         let first = use_at(&mut r, 0, 3 * S, &mut s);
-        assert!(r.find(first.0 + RING_SLOTS as i64, 0).is_none());
+        assert!(r.find(first.0 + RING_SLOTS as KeyId, 0).is_none());
         assert!(r.find(0, 0).is_none());
         assert!(r.find(-first.0, 0).is_none());
         let mut now = 0;

@@ -26,6 +26,7 @@ use proptest::prelude::*;
 use crate::blacklist::{self, Blacklisted, Kept, ListedPair};
 use crate::clock::{self, Effective, Micros, NewPair, Policy, Stored, SECOND};
 use crate::ids::SessionId;
+use crate::key_ring::KeyId;
 use crate::lineage::{
     access_status, decide_refresh, identify, rotatable, Presented, Refresh, Status, RACE_WINDOW,
 };
@@ -493,7 +494,7 @@ fn retry_inputs() -> impl Strategy<Value = (String, RetryKey, SessionId, i32)> {
         session_id(),
         FIRST_GENERATION..i32::MAX,
         any::<Secret>(),
-        any::<(i64, Secret)>(),
+        any::<(KeyId, Secret)>(),
     )
         .prop_map(|(session, generation, parent_secret, (id, secret))| {
             let parent = token::encode(Kind::Refresh, &session, generation, &parent_secret);

@@ -29,6 +29,7 @@ use pgrx::spi::SpiClient;
 
 use crate::clock::{Micros, SECOND};
 use crate::error::fresh;
+use crate::key_ring::KeyId;
 use crate::store;
 use crate::token::{self, Secret};
 
@@ -48,7 +49,7 @@ const ERASE_EVERY: Micros = SECOND;
 /// can be derived again. Only `id` is stored with a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryKey {
-    pub id: i64,
+    pub id: KeyId,
     pub secret: Secret,
 }
 
@@ -88,7 +89,7 @@ pub fn for_rotation(client: &mut SpiClient<'_>, now: Micros, grace_until: Micros
 }
 
 /// The key a rotation used, if it has not been erased.
-pub fn find(client: &mut SpiClient<'_>, id: i64, now: Micros) -> Option<RetryKey> {
+pub fn find(client: &mut SpiClient<'_>, id: KeyId, now: Micros) -> Option<RetryKey> {
     match crate::shmem::retry_keys() {
         Some(ring) => ring
             .share()
@@ -128,6 +129,31 @@ thread_local! {
     static LAST_ERASE: Cell<Micros> = const { Cell::new(Micros::MIN) };
 }
 
+/// How many random ids a new key row tries before giving up. Each backend
+/// keeps a few key rows alive at a time, so an id drawn from 2^31 is taken
+/// with a chance of about one in ten million, and eight in a row never.
+const KEY_ID_DRAWS: usize = 8;
+
+/// Inserts a new key row under a random id that no live row has (ids are
+/// drawn at random, since backends make keys independently), and returns
+/// the id and the secret PostgreSQL made for it.
+fn insert_key_row(client: &mut SpiClient<'_>, erase_after: Micros) -> (KeyId, Vec<u8>) {
+    for _ in 0..KEY_ID_DRAWS {
+        // Positive, as the ring's ids are; never 0, which means none.
+        let id = (fresh(token::random_bytes().map(KeyId::from_be_bytes)) & KeyId::MAX).max(1);
+        let secret: Option<Vec<u8>> = store::run(
+            client,
+            &store::INSERT_RETRY_KEY,
+            &[id.into(), store::ts(erase_after)],
+            |t| store::first_row(t, |r| store::req(r, 1)),
+        );
+        if let Some(secret) = secret {
+            return (id, secret);
+        }
+    }
+    crate::error::internal("retry key", "every id drawn was taken")
+}
+
 /// This backend's current key row if it is young, covers the grace and is
 /// there to stay; otherwise a new row.
 fn table_key_for_rotation(
@@ -145,19 +171,12 @@ fn table_key_for_rotation(
         return key;
     }
     erase_expired(client, now);
-    let id = fresh(token::random_bytes().map(i64::from_be_bytes));
     let usable_until = now.saturating_add(KEY_LIFETIME);
     // Later rotations with this key have a grace of at most this one's
     // (otherwise they make a new key), so their windows end by then.
     let covers_until = usable_until.saturating_add(grace_until.saturating_sub(now));
     let erase_after = covers_until.saturating_add(ERASE_MARGIN);
-    let secret: Vec<u8> = store::run(
-        client,
-        &store::INSERT_RETRY_KEY,
-        &[id.into(), store::ts(erase_after)],
-        |t| store::first_row(t, |r| store::req(r, 1)),
-    )
-    .unwrap_or_else(|| crate::error::internal("retry key", "INSERT returned no row"));
+    let (id, secret) = insert_key_row(client, erase_after);
     let secret: Secret = secret
         .try_into()
         .unwrap_or_else(|_| crate::error::internal("retry key", "not 32 bytes"));

@@ -30,6 +30,7 @@ use crate::error::{self, fresh};
 use crate::gucs;
 use crate::ids::SessionId;
 use crate::jsonb::RawJsonb;
+use crate::key_ring::KeyId;
 use crate::lineage::{self, access_status, identify, rotatable, Presented, Refresh, Status};
 use crate::probe;
 use crate::retry_keys;
@@ -370,7 +371,7 @@ struct Rotation<'a> {
     refresh: token::Secret,
     /// For a refresh, the retry key the pair was derived with and the end
     /// of its grace window; `None` for a reauthentication (no grace).
-    retry: Option<(i64, Micros)>,
+    retry: Option<(KeyId, Micros)>,
     /// The level a reauthentication asks for (`Some(None)`: keep the level).
     reauth: Option<Option<i32>>,
 }

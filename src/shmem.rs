@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, PgLwLock};
 
-use crate::key_ring::KeyRing;
+use crate::key_ring::{KeyId, KeyRing};
 
 static PURGE_WORKER_LATCH: PgAtomic<AtomicUsize> =
     // SAFETY: the name is the extension's own.
@@ -32,11 +32,11 @@ pub fn init() {
     READY.store(true, Ordering::Relaxed);
 }
 
-fn first_key_id() -> i64 {
-    let bytes = crate::token::random_bytes::<8>()
+fn first_key_id() -> KeyId {
+    let bytes = crate::token::random_bytes::<4>()
         .expect("the OS random source is readable at server start");
     // Positive and far from wrapping.
-    i64::from_be_bytes(bytes) & (i64::MAX >> 1)
+    KeyId::from_be_bytes(bytes) & (KeyId::MAX >> 1)
 }
 
 pub fn purge_worker_latch() -> Option<&'static AtomicUsize> {

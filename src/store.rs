@@ -26,6 +26,7 @@ use crate::blacklist::{self, Blacklisted, Kept, ListedPair};
 use crate::clock::Micros;
 use crate::error;
 use crate::ids::SessionId;
+use crate::key_ring::KeyId;
 use crate::session_row::{column_list, session_row_columns, SessionRow};
 use crate::token::Parsed;
 
@@ -182,10 +183,10 @@ pub fn uuid(id: &SessionId) -> DatumWithOid<'static> {
     pgrx::Uuid::from(*id).into()
 }
 
-pub fn opt_i64(v: Option<i64>) -> DatumWithOid<'static> {
+pub fn opt_i32(v: Option<i32>) -> DatumWithOid<'static> {
     match v {
         Some(v) => v.into(),
-        None => DatumWithOid::null_oid(T::INT8OID.value()),
+        None => DatumWithOid::null_oid(T::INT4OID.value()),
     }
 }
 
@@ -333,7 +334,7 @@ static ROTATE: Stmt = Stmt {
         T::UUIDOID,
         T::TIMESTAMPTZOID,
         T::TIMESTAMPTZOID,
-        T::INT8OID,
+        T::INT4OID,
         T::BYTEAOID,
         T::TIMESTAMPTZOID,
         T::BYTEAOID,
@@ -360,7 +361,7 @@ pub struct RotateArgs<'a> {
     /// The end of the new pair's grace window, and the retry key it was
     /// derived with; `None` for a re-authentication (no grace).
     pub grace_until: Option<Micros>,
-    pub retry_key_id: Option<i64>,
+    pub retry_key_id: Option<KeyId>,
     pub new_access_digest: &'a [u8],
     pub new_access_expires_at: Micros,
     pub new_refresh_digest: &'a [u8],
@@ -379,7 +380,7 @@ pub fn rotate(client: &mut SpiClient<'_>, r: &RotateArgs<'_>) -> bool {
         uuid(&old.session_id),        // $1
         ts(r.now),                    // $2
         opt_ts(r.grace_until),        // $3
-        opt_i64(r.retry_key_id),      // $4
+        opt_i32(r.retry_key_id),      // $4
         bytes(r.new_access_digest),   // $5
         ts(r.new_access_expires_at),  // $6
         bytes(r.new_refresh_digest),  // $7
@@ -539,8 +540,9 @@ pub static INSERT_RETRY_KEY: Stmt = Stmt {
                     pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) \
                     || pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) \
                     || pg_catalog.uuid_send(pg_catalog.gen_random_uuid())), $2) \
+          ON CONFLICT (key_id) DO NOTHING \
           RETURNING secret",
-    args: &[T::INT8OID, T::TIMESTAMPTZOID],
+    args: &[T::INT4OID, T::TIMESTAMPTZOID],
     writes: true,
 };
 
@@ -549,7 +551,7 @@ pub static INSERT_RETRY_KEY: Stmt = Stmt {
 pub static FIND_RETRY_KEY: Stmt = Stmt {
     name: "find_retry_key",
     sql: "SELECT secret FROM session_auth.retry_keys WHERE key_id = $1",
-    args: &[T::INT8OID],
+    args: &[T::INT4OID],
     writes: true,
 };
 

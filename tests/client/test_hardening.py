@@ -1,6 +1,8 @@
 """Regression tests for findings of the security review: each fails if the
 weakness comes back."""
 
+import time
+
 import psycopg
 import pytest
 
@@ -97,3 +99,26 @@ def test_retry_key_rows_do_not_outlive_the_grace_without_preloading(own_cluster)
     db.execute("SET session_auth.refresh_grace = '1h'")
     assert sa.refresh(db, s["refresh_token"])["status"] == "expired"
     assert sa.validate(db, first["access_token"])["status"] == "ok"
+
+def test_a_retry_key_id_that_names_another_live_key_answers_expired(connect):
+    """Retry key ids are 4 bytes and start at random in each run of the
+    server, so the id a session row keeps may one day name a newer key. The
+    pair derived with that key is not the session's: its digests refuse it,
+    the retry answers 'expired', and the session's pair is untouched."""
+    db = connect()
+    db.execute("SET session_auth.refresh_grace = '1h'")
+    a = sa.issue(db, "key-a")
+    a1 = sa.refresh(db, a["refresh_token"])
+    time.sleep(1.1)  # keys serve rotations for a second: the next makes a new one
+    b = sa.issue(db, "key-b")
+    assert sa.refresh(db, b["refresh_token"])["status"] == "ok"
+    key = lambda s: db.execute(  # noqa: E731
+        "SELECT retry_key_id FROM session_auth.sessions WHERE session_id = %s", [s["session_id"]]
+    ).fetchone()["retry_key_id"]
+    assert key(a) != key(b), "a second live key"
+    assert sa.pair(sa.refresh(db, a["refresh_token"])) == sa.pair(a1), "the retry works with its own key"
+    db.execute("UPDATE session_auth.sessions SET retry_key_id = %s WHERE session_id = %s", [key(b), a["session_id"]])
+    r = sa.refresh(db, a["refresh_token"])
+    assert (r["status"], r["access_token"], r["refresh_token"]) == ("expired", None, None)
+    assert sa.validate(db, a1["access_token"])["status"] == "ok"
+    assert sa.refresh(db, a1["refresh_token"])["status"] == "ok"
