@@ -32,6 +32,7 @@ email; 60).
 import argparse
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
@@ -169,6 +170,17 @@ def check_totp(user, code):
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
+def loopback_address(address):
+    """Whether a peer's address is this machine's loopback (127/8, ::1, or
+    127/8 mapped into IPv6 by a dual-stack socket)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 def plain_local_http():
     """Secure cookies everywhere but plain http on this machine's loopback:
     the connection comes from a loopback address (a peer cannot choose
@@ -177,7 +189,7 @@ def plain_local_http():
     machine that passes the public host name on gets Secure cookies."""
     return (
         request.scheme == "http"
-        and request.remote_addr in LOOPBACK
+        and loopback_address(request.remote_addr)
         and urlsplit("//" + request.host).hostname in LOOPBACK
     )
 

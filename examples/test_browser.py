@@ -192,7 +192,7 @@ def test_a_host_header_from_afar_does_not_turn_secure_off():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from app import app, cookie_names, plain_local_http
 
-    for peer, plain in (("203.0.113.9", False), ("127.0.0.1", True)):
+    for peer, plain in (("203.0.113.9", False), ("127.0.0.1", True), ("::ffff:127.0.0.1", True)):
         with app.test_request_context(base_url="http://localhost:8000/", environ_base={"REMOTE_ADDR": peer}):
             assert plain_local_http() is plain, peer
             assert cookie_names()[0] == ("sa_access" if plain else "__Host-sa_access"), peer

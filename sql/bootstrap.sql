@@ -73,10 +73,12 @@ COMMENT ON SCHEMA session_auth IS
 --
 -- The column order is physical (measured in bench/README.md, "The write
 -- path"): the fixed-width columns first, in an order where each starts at
--- its alignment, so that no byte of a row is padding; and the columns a
--- rotation writes next to one another, from generation to refresh_digest. A
--- HOT update's WAL record leaves out the bytes the old and the new row share
--- at their start and at their end, so it carries little more than those.
+-- its alignment, so that no byte of a row is padding (while user_id and data
+-- are under 127 bytes, as varlenas with a 1-byte header need no alignment);
+-- and the columns a rotation writes next to one another, from generation to
+-- refresh_digest. A HOT update's WAL record leaves out the bytes the old and
+-- the new row share at their start and at their end (unless wal_level is
+-- logical), so it carries little more than those.
 CREATE TABLE session_auth.sessions (
     session_id            uuid        PRIMARY KEY,
     created_at            timestamptz NOT NULL,

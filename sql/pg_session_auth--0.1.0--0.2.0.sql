@@ -35,6 +35,102 @@
 -- Refuse to run outside ALTER EXTENSION (psql -f would half-apply it).
 \echo Use "ALTER EXTENSION pg_session_auth UPDATE TO '0.2.0'" to load this file. \quit
 
+-- The rebuild makes both tables anew, so what a DBA attached to them would
+-- be dropped with the old ones (a trigger, a policy, an index, extended
+-- statistics, a publication, a column or constraint of their own, a
+-- tablespace) or would stop the update half-way (a view or a foreign key on
+-- them). Name all of it and stop before anything changes. (Grants and
+-- column settings are not carried over either; the README says so.)
+DO $$
+DECLARE
+    update_path pg_catalog.text := pg_catalog.current_setting('search_path');
+    rebuilt pg_catalog.oid[];
+    attached pg_catalog.text;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    rebuilt := ARRAY['session_auth.sessions'::pg_catalog.regclass::pg_catalog.oid,
+                     'session_auth.blacklist'::pg_catalog.regclass::pg_catalog.oid];
+    SELECT pg_catalog.string_agg(a.what, '; ' ORDER BY a.what) INTO attached FROM (
+        SELECT pg_catalog.format('trigger %I on %s', t.tgname, t.tgrelid::pg_catalog.regclass) AS what
+          FROM pg_catalog.pg_trigger AS t
+         WHERE t.tgrelid OPERATOR(pg_catalog.=) ANY (rebuilt) AND NOT t.tgisinternal
+        UNION ALL
+        SELECT pg_catalog.format('policy %I on %s', p.polname, p.polrelid::pg_catalog.regclass)
+          FROM pg_catalog.pg_policy AS p WHERE p.polrelid OPERATOR(pg_catalog.=) ANY (rebuilt)
+        UNION ALL
+        SELECT pg_catalog.format('publication %I', b.pubname)
+          FROM pg_catalog.pg_publication_rel AS r
+          JOIN pg_catalog.pg_publication AS b ON b.oid OPERATOR(pg_catalog.=) r.prpubid
+         WHERE r.prrelid OPERATOR(pg_catalog.=) ANY (rebuilt)
+        UNION ALL
+        SELECT pg_catalog.format('index %s', i.indexrelid::pg_catalog.regclass)
+          FROM pg_catalog.pg_index AS i
+         WHERE i.indrelid OPERATOR(pg_catalog.=) ANY (rebuilt)
+           AND NOT i.indexrelid::pg_catalog.regclass::pg_catalog.text OPERATOR(pg_catalog.=) ANY (ARRAY[
+               'session_auth.sessions_pkey', 'session_auth.sessions_user_id_idx',
+               'session_auth.sessions_purge_after_idx', 'session_auth.blacklist_pkey',
+               'session_auth.blacklist_expires_at_idx'])
+        UNION ALL
+        SELECT pg_catalog.format('statistics %s', s.oid::pg_catalog.regclass)
+          FROM pg_catalog.pg_statistic_ext AS s WHERE s.stxrelid OPERATOR(pg_catalog.=) ANY (rebuilt)
+        UNION ALL
+        SELECT pg_catalog.format('column %s.%I', c.attrelid::pg_catalog.regclass, c.attname)
+          FROM pg_catalog.pg_attribute AS c
+         WHERE c.attrelid OPERATOR(pg_catalog.=) ANY (rebuilt)
+           AND c.attnum OPERATOR(pg_catalog.>) 0 AND NOT c.attisdropped
+           AND NOT c.attname::pg_catalog.text OPERATOR(pg_catalog.=) ANY (CASE
+               WHEN c.attrelid OPERATOR(pg_catalog.=) 'session_auth.sessions'::pg_catalog.regclass
+               THEN ARRAY['session_id', 'user_id', 'data', 'auth_level', 'created_at',
+                          'authenticated_at', 'last_refreshed_at', 'generation', 'access_digest',
+                          'access_issued_at', 'access_expires_at', 'refresh_digest',
+                          'refresh_expires_at', 'absolute_expires_at', 'parent_access_digest',
+                          'parent_access_expires_at', 'parent_refresh_digest',
+                          'parent_refresh_expires_at', 'rotated_at', 'grace_until', 'retry_pair',
+                          'revoked_at', 'revoked_reason', 'purge_after']
+               ELSE ARRAY['digest', 'session_id', 'kind', 'generation', 'revoked_at',
+                          'expires_at', 'reason'] END)
+        UNION ALL
+        SELECT pg_catalog.format('tablespace %I of %s', s.spcname, c.oid::pg_catalog.regclass)
+          FROM pg_catalog.pg_class AS c
+          JOIN pg_catalog.pg_tablespace AS s ON s.oid OPERATOR(pg_catalog.=) c.reltablespace
+         WHERE c.oid OPERATOR(pg_catalog.=) ANY (rebuilt)
+        UNION ALL
+        -- Constraints of their own but 0.1.0's (the key, NOT NULL, its checks).
+        SELECT pg_catalog.format('constraint %I on %s', k.conname, k.conrelid::pg_catalog.regclass)
+          FROM pg_catalog.pg_constraint AS k
+         WHERE k.conrelid OPERATOR(pg_catalog.=) ANY (rebuilt)
+           AND NOT k.contype OPERATOR(pg_catalog.=) ANY (ARRAY['p', 'n']::pg_catalog.char[])
+           AND NOT k.conname::pg_catalog.text OPERATOR(pg_catalog.=) ANY (ARRAY[
+               'sessions_auth_level_check', 'blacklist_kind_check'])
+        UNION ALL
+        -- Views, rules and foreign keys of other tables that depend on
+        -- them, but for the extension's own stats view, which the rebuild
+        -- makes again, and their own constraints (above).
+        SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, 0)
+          FROM pg_catalog.pg_depend AS d
+         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+           AND d.refobjid OPERATOR(pg_catalog.=) ANY (rebuilt)
+           AND d.deptype OPERATOR(pg_catalog.=) 'n'
+           AND NOT (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                    AND d.objid OPERATOR(pg_catalog.=) ANY (ARRAY(
+                        SELECT w.oid FROM pg_catalog.pg_rewrite AS w
+                         WHERE w.ev_class OPERATOR(pg_catalog.=) 'session_auth.stats'::pg_catalog.regclass)))
+           AND NOT (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::pg_catalog.regclass
+                    AND d.objid OPERATOR(pg_catalog.=) ANY (ARRAY(
+                        SELECT k.oid FROM pg_catalog.pg_constraint AS k
+                         WHERE k.conrelid OPERATOR(pg_catalog.=) ANY (rebuilt))))
+    ) AS a;
+    IF attached IS NOT NULL THEN
+        RAISE EXCEPTION 'pg_session_auth 0.2.0 rebuilds session_auth.sessions and session_auth.blacklist, which would lose or be stopped by what is attached to them: %',
+            attached
+            USING ERRCODE = '55000',
+                  HINT = 'Drop these (or move the tables back to the default tablespace), run '
+                         'ALTER EXTENSION pg_session_auth UPDATE, then make them again on the new tables.';
+    END IF;
+    PERFORM pg_catalog.set_config('search_path', update_path, true);
+END
+$$;
+
 -- Sessions and the blacklist are rebuilt, so the update takes a moment per
 -- million rows of each:
 -- * A session row loses the wrapped retry pair (its bytes go with the old
@@ -61,6 +157,8 @@ DECLARE
     stats_definition pg_catalog.text;
     session_storage pg_catalog.text[];
     blacklist_storage pg_catalog.text[];
+    old_table pg_catalog.regclass;
+    old_name pg_catalog.name;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     stats_definition := pg_catalog.pg_get_viewdef('session_auth.stats'::pg_catalog.regclass);
@@ -70,14 +168,25 @@ BEGIN
      WHERE c.oid OPERATOR(pg_catalog.=) 'session_auth.blacklist'::pg_catalog.regclass;
     ALTER TABLE session_auth.sessions RENAME TO sessions_0_1_0;
     ALTER INDEX session_auth.sessions_pkey RENAME TO sessions_0_1_0_pkey;
-    -- (Constraint names are chosen unique in the schema.)
-    ALTER TABLE session_auth.sessions_0_1_0
-        RENAME CONSTRAINT sessions_auth_level_check TO sessions_0_1_0_auth_level_check;
     ALTER INDEX session_auth.sessions_user_id_idx RENAME TO sessions_0_1_0_user_id_idx;
     ALTER INDEX session_auth.sessions_purge_after_idx RENAME TO sessions_0_1_0_purge_after_idx;
     ALTER TABLE session_auth.blacklist RENAME TO blacklist_0_1_0;
     ALTER INDEX session_auth.blacklist_pkey RENAME TO blacklist_0_1_0_pkey;
     ALTER INDEX session_auth.blacklist_expires_at_idx RENAME TO blacklist_0_1_0_expires_at_idx;
+    -- The old tables' other constraints too: a new one is named uniquely in
+    -- the schema, so the new tables' would get a suffix (sessions_auth_level_check1
+    -- and, from PostgreSQL 18, which names NOT NULL constraints, every
+    -- sessions_<column>_not_null), unlike a fresh install's.
+    FOR old_table, old_name IN
+        SELECT k.conrelid::pg_catalog.regclass, k.conname FROM pg_catalog.pg_constraint AS k
+         WHERE k.conrelid OPERATOR(pg_catalog.=) ANY (ARRAY[
+                   'session_auth.sessions_0_1_0'::pg_catalog.regclass::pg_catalog.oid,
+                   'session_auth.blacklist_0_1_0'::pg_catalog.regclass::pg_catalog.oid])
+           AND k.conindid OPERATOR(pg_catalog.=) 0::pg_catalog.oid
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I', old_table, old_name,
+                                  pg_catalog.left('old_0_1_0_' OPERATOR(pg_catalog.||) old_name, 63));
+    END LOOP;
     -- Both as sql/bootstrap.sql makes them (tests/upgrade compares).
     CREATE TABLE session_auth.sessions (
         session_id            uuid        PRIMARY KEY,

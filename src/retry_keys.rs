@@ -129,9 +129,11 @@ thread_local! {
     static LAST_ERASE: Cell<Micros> = const { Cell::new(Micros::MIN) };
 }
 
-/// How many random ids a new key row tries before giving up. Each backend
-/// keeps a few key rows alive at a time, so an id drawn from 2^31 is taken
-/// with a chance of about one in ten million, and eight in a row never.
+/// How many random ids a new key row tries before giving up. A busy backend
+/// makes a key row a second, each alive for the grace window and a few
+/// seconds, so with an hour's grace a few thousand rows a backend: an id
+/// drawn from 2^31 is taken with a chance under one in five thousand even
+/// with a hundred such backends, and eight in a row practically never.
 const KEY_ID_DRAWS: usize = 8;
 
 /// Inserts a new key row under a random id that no live row has (ids are

@@ -6,8 +6,9 @@ reuse-detected, expired and not yet purged, re-authenticated), with events
 and blacklist rows. Then the DBA installs the new package and restarts, and
 before ALTER EXTENSION ... UPDATE every call either works or raises one
 clear error naming that command, nothing crashes, and the worker waits
-quietly. A bad target version and a script that fails half-way leave the
-database at the old version. After the update every session answers as the
+quietly. A bad target version, a script that fails half-way and what a DBA
+attached to a table the update rebuilds leave the database at the old
+version. After the update every session answers as the
 rules say it must, nothing stored is lost, and the schema is exactly that of
 a fresh install.
 """
@@ -161,7 +162,7 @@ def upgraded_cluster():
         admin.execute("SET session_auth.idle_timeout = '1s'")
         sa.issue(admin, "ivan@upgrade")
         admin.execute(f"CREATE DATABASE {WORLD}")
-        # A database its owner can plant look-alikes in, for test_6.
+        # A database its owner can plant look-alikes in, for test_7.
         admin.execute("CREATE ROLE regress_attacker LOGIN")
         admin.execute("CREATE DATABASE planted OWNER regress_attacker")
         c.connect(dbname="planted").execute("CREATE EXTENSION pg_session_auth")
@@ -249,7 +250,44 @@ def test_3_an_update_that_fails_half_way_leaves_the_old_version(upgraded_cluster
     db.execute("DROP TABLE session_auth.login_locks")
 
 
-def test_4_after_the_update_every_session_answers_as_before(upgraded_cluster):
+def test_4_what_a_dba_attached_to_a_rebuilt_table_stops_the_update_by_name(upgraded_cluster):
+    """The update rebuilds the sessions table and the blacklist: a trigger,
+    an index, a column or a view a DBA attached to them would be dropped or
+    would stop the update half-way. It stops first, naming each, and changes
+    nothing."""
+    c, _ = upgraded_cluster
+    db = connect_retry(c, dbname=WORLD)
+    attached = [
+        ("CREATE FUNCTION public.audit() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+         "DROP FUNCTION public.audit()", None),
+        ("CREATE TRIGGER audit BEFORE UPDATE ON session_auth.sessions FOR EACH ROW EXECUTE FUNCTION public.audit()",
+         "DROP TRIGGER audit ON session_auth.sessions", "trigger audit on session_auth.sessions"),
+        ("CREATE INDEX dba_idx ON session_auth.sessions (created_at)",
+         "DROP INDEX session_auth.dba_idx", "index session_auth.dba_idx"),
+        ("ALTER TABLE session_auth.sessions ADD COLUMN note text",
+         "ALTER TABLE session_auth.sessions DROP COLUMN note", "column session_auth.sessions.note"),
+        ("ALTER TABLE session_auth.blacklist ADD CONSTRAINT dba_check CHECK (generation > 0)",
+         "ALTER TABLE session_auth.blacklist DROP CONSTRAINT dba_check",
+         "constraint dba_check on session_auth.blacklist"),
+        ("CREATE VIEW public.recent_theft AS SELECT session_id FROM session_auth.blacklist",
+         "DROP VIEW public.recent_theft", "rule _RETURN on view public.recent_theft"),
+    ]
+    for make, _, _ in attached:
+        db.execute(make)
+    with pytest.raises(psycopg.Error) as e:
+        db.execute(UPDATE)
+    assert e.value.sqlstate == "55000", str(e.value)
+    for _, _, named in attached:
+        if named:
+            assert named in e.value.diag.message_primary, (named, e.value.diag.message_primary)
+    assert "ALTER EXTENSION pg_session_auth UPDATE" in e.value.diag.message_hint
+    assert version(db) == OLD_VERSION
+    assert column_exists(db, "session_auth.sessions", "retry_pair")
+    for _, drop, _ in reversed(attached):
+        db.execute(drop)
+
+
+def test_5_after_the_update_every_session_answers_as_before(upgraded_cluster):
     c, w = upgraded_cluster
     db = connect_retry(c, dbname=WORLD)
     assert files_holding(db, w["removed"]), "the test sees the bytes where they are"
@@ -273,7 +311,7 @@ def test_4_after_the_update_every_session_answers_as_before(upgraded_cluster):
         == [{**r, "digest": bytes(r["digest"])[:16]} for r in w["blacklist"]]
     assert w["blacklist"], "the 0.1.0 world had blacklisted tokens to carry over"
     # The rebuilt table keeps the DBA's storage parameters. (Reset after, so
-    # test 5 compares the schema with a fresh install.)
+    # test 6 compares the schema with a fresh install.)
     assert db.execute("SELECT reloptions FROM pg_class WHERE oid = 'session_auth.blacklist'::regclass"
                       ).fetchone()["reloptions"] == ["autovacuum_vacuum_scale_factor=0.01"]
     db.execute("ALTER TABLE session_auth.blacklist RESET (autovacuum_vacuum_scale_factor)")
@@ -391,7 +429,7 @@ def schema_dump(c, dbname):
     return [line for line in out.splitlines() if not re.match(r"^\\(restrict|unrestrict) ", line)]
 
 
-def test_5_the_updated_schema_is_exactly_a_fresh_install(upgraded_cluster):
+def test_6_the_updated_schema_is_exactly_a_fresh_install(upgraded_cluster):
     c, _ = upgraded_cluster
     db = connect_retry(c, dbname=WORLD)
     assert version(db) == NEW_VERSION
@@ -406,7 +444,7 @@ def test_5_the_updated_schema_is_exactly_a_fresh_install(upgraded_cluster):
     assert schema_dump(c, WORLD) == schema_dump(c, "fresh_install")
 
 
-def test_6_objects_planted_before_the_update_never_run_as_superuser(upgraded_cluster):
+def test_7_objects_planted_before_the_update_never_run_as_superuser(upgraded_cluster):
     """The owner of a database plants look-alike operators and functions
     (tests/security/test_planted_objects.py) where the update script's
     search_path looks, then the DBA runs ALTER EXTENSION ... UPDATE as
