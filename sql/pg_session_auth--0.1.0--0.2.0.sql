@@ -38,8 +38,9 @@
 -- The rebuild makes both tables anew, so what a DBA attached to them would
 -- be dropped with the old ones (a trigger, a policy, an index, extended
 -- statistics, a publication, a column or constraint of their own, a
--- tablespace) or would stop the update half-way (a view or a foreign key on
--- them). Name all of it and stop before anything changes. (Grants and
+-- tablespace, row level security, a replica identity, UNLOGGED, CLUSTER ON)
+-- or would stop the update half-way (a view, a foreign key or a function on
+-- them or their row type). Name all of it and stop before anything changes. (Grants and
 -- column settings are not carried over either; the README says so.)
 DO $$
 DECLARE
@@ -71,7 +72,7 @@ BEGIN
                'session_auth.sessions_purge_after_idx', 'session_auth.blacklist_pkey',
                'session_auth.blacklist_expires_at_idx'])
         UNION ALL
-        SELECT pg_catalog.format('statistics %s', s.oid::pg_catalog.regclass)
+        SELECT pg_catalog.pg_describe_object('pg_catalog.pg_statistic_ext'::pg_catalog.regclass, s.oid, 0)
           FROM pg_catalog.pg_statistic_ext AS s WHERE s.stxrelid OPERATOR(pg_catalog.=) ANY (rebuilt)
         UNION ALL
         SELECT pg_catalog.format('column %s.%I', c.attrelid::pg_catalog.regclass, c.attname)
@@ -94,6 +95,22 @@ BEGIN
           FROM pg_catalog.pg_class AS c
           JOIN pg_catalog.pg_tablespace AS s ON s.oid OPERATOR(pg_catalog.=) c.reltablespace
          WHERE c.oid OPERATOR(pg_catalog.=) ANY (rebuilt)
+            OR c.oid OPERATOR(pg_catalog.=) ANY (ARRAY(
+                   SELECT i.indexrelid FROM pg_catalog.pg_index AS i
+                    WHERE i.indrelid OPERATOR(pg_catalog.=) ANY (rebuilt)))
+        UNION ALL
+        -- Table settings a fresh table does not have.
+        SELECT pg_catalog.format('%s on %s', x.setting, c.oid::pg_catalog.regclass)
+          FROM pg_catalog.pg_class AS c,
+               LATERAL (VALUES
+                   (c.relrowsecurity OR c.relforcerowsecurity, 'row level security'),
+                   (c.relreplident OPERATOR(pg_catalog.<>) 'd'::pg_catalog.char, 'a replica identity'),
+                   (c.relpersistence OPERATOR(pg_catalog.<>) 'p'::pg_catalog.char, 'UNLOGGED')) AS x(isset, setting)
+         WHERE c.oid OPERATOR(pg_catalog.=) ANY (rebuilt) AND x.isset
+        UNION ALL
+        SELECT pg_catalog.format('CLUSTER ON %s', i.indexrelid::pg_catalog.regclass)
+          FROM pg_catalog.pg_index AS i
+         WHERE i.indrelid OPERATOR(pg_catalog.=) ANY (rebuilt) AND i.indisclustered
         UNION ALL
         -- Constraints of their own but 0.1.0's (the key, NOT NULL, its checks).
         SELECT pg_catalog.format('constraint %I on %s', k.conname, k.conrelid::pg_catalog.regclass)
@@ -103,14 +120,25 @@ BEGIN
            AND NOT k.conname::pg_catalog.text OPERATOR(pg_catalog.=) ANY (ARRAY[
                'sessions_auth_level_check', 'blacklist_kind_check'])
         UNION ALL
-        -- Views, rules and foreign keys of other tables that depend on
-        -- them, but for the extension's own stats view, which the rebuild
-        -- makes again, and their own constraints (above).
+        -- Views, rules, foreign keys and functions that depend on them or
+        -- on their row types, but for the extension's own stats view, which
+        -- the rebuild makes again, and what is listed above.
         SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, 0)
           FROM pg_catalog.pg_depend AS d
-         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
-           AND d.refobjid OPERATOR(pg_catalog.=) ANY (rebuilt)
+         WHERE ((d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                 AND d.refobjid OPERATOR(pg_catalog.=) ANY (rebuilt))
+                OR (d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+                    AND d.refobjid OPERATOR(pg_catalog.=) ANY (ARRAY(
+                        SELECT t.oid FROM pg_catalog.pg_type AS t
+                         WHERE t.typrelid OPERATOR(pg_catalog.=) ANY (rebuilt)
+                            OR t.typelem OPERATOR(pg_catalog.=) ANY (ARRAY(
+                                   SELECT u.oid FROM pg_catalog.pg_type AS u
+                                    WHERE u.typrelid OPERATOR(pg_catalog.=) ANY (rebuilt)))))))
            AND d.deptype OPERATOR(pg_catalog.=) 'n'
+           AND NOT d.classid OPERATOR(pg_catalog.=) ANY (ARRAY[
+                   'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass,
+                   'pg_catalog.pg_publication_rel'::pg_catalog.regclass,
+                   'pg_catalog.pg_statistic_ext'::pg_catalog.regclass]::pg_catalog.oid[])
            AND NOT (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
                     AND d.objid OPERATOR(pg_catalog.=) ANY (ARRAY(
                         SELECT w.oid FROM pg_catalog.pg_rewrite AS w
@@ -124,8 +152,9 @@ BEGIN
         RAISE EXCEPTION 'pg_session_auth 0.2.0 rebuilds session_auth.sessions and session_auth.blacklist, which would lose or be stopped by what is attached to them: %',
             attached
             USING ERRCODE = '55000',
-                  HINT = 'Drop these (or move the tables back to the default tablespace), run '
-                         'ALTER EXTENSION pg_session_auth UPDATE, then make them again on the new tables.';
+                  HINT = 'Drop or reset these (and move the tables and their indexes back to the default '
+                         'tablespace), run ALTER EXTENSION pg_session_auth UPDATE, then make them again '
+                         'on the new tables.';
     END IF;
     PERFORM pg_catalog.set_config('search_path', update_path, true);
 END

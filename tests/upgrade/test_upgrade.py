@@ -252,9 +252,9 @@ def test_3_an_update_that_fails_half_way_leaves_the_old_version(upgraded_cluster
 
 def test_4_what_a_dba_attached_to_a_rebuilt_table_stops_the_update_by_name(upgraded_cluster):
     """The update rebuilds the sessions table and the blacklist: a trigger,
-    an index, a column or a view a DBA attached to them would be dropped or
-    would stop the update half-way. It stops first, naming each, and changes
-    nothing."""
+    an index, a column, a constraint, a setting, a view or a function a DBA
+    attached to them would be dropped or would stop the update half-way. It
+    stops first, naming each and nothing else, and changes nothing."""
     c, _ = upgraded_cluster
     db = connect_retry(c, dbname=WORLD)
     attached = [
@@ -269,22 +269,31 @@ def test_4_what_a_dba_attached_to_a_rebuilt_table_stops_the_update_by_name(upgra
         ("ALTER TABLE session_auth.blacklist ADD CONSTRAINT dba_check CHECK (generation > 0)",
          "ALTER TABLE session_auth.blacklist DROP CONSTRAINT dba_check",
          "constraint dba_check on session_auth.blacklist"),
+        ("ALTER TABLE session_auth.blacklist ENABLE ROW LEVEL SECURITY",
+         "ALTER TABLE session_auth.blacklist DISABLE ROW LEVEL SECURITY",
+         "row level security on session_auth.blacklist"),
         ("CREATE VIEW public.recent_theft AS SELECT session_id FROM session_auth.blacklist",
          "DROP VIEW public.recent_theft", "rule _RETURN on view public.recent_theft"),
+        ("CREATE FUNCTION public.some_session() RETURNS session_auth.sessions LANGUAGE sql "
+         "AS 'SELECT * FROM session_auth.sessions LIMIT 1'",
+         "DROP FUNCTION public.some_session()", "function public.some_session()"),
     ]
-    for make, _, _ in attached:
-        db.execute(make)
-    with pytest.raises(psycopg.Error) as e:
-        db.execute(UPDATE)
-    assert e.value.sqlstate == "55000", str(e.value)
-    for _, _, named in attached:
-        if named:
-            assert named in e.value.diag.message_primary, (named, e.value.diag.message_primary)
-    assert "ALTER EXTENSION pg_session_auth UPDATE" in e.value.diag.message_hint
-    assert version(db) == OLD_VERSION
-    assert column_exists(db, "session_auth.sessions", "retry_pair")
-    for _, drop, _ in reversed(attached):
-        db.execute(drop)
+    made = []
+    try:
+        for make, drop, _ in attached:
+            db.execute(make)
+            made.append(drop)
+        with pytest.raises(psycopg.Error) as e:
+            db.execute(UPDATE)
+        assert e.value.sqlstate == "55000", str(e.value)
+        listed = e.value.diag.message_primary.split(": ", 1)[1].split("; ")
+        assert sorted(listed) == sorted(named for _, _, named in attached if named)
+        assert "ALTER EXTENSION pg_session_auth UPDATE" in e.value.diag.message_hint
+        assert version(db) == OLD_VERSION
+        assert column_exists(db, "session_auth.sessions", "retry_pair")
+    finally:
+        for drop in reversed(made):
+            db.execute(drop)
 
 
 def test_5_after_the_update_every_session_answers_as_before(upgraded_cluster):
