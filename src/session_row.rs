@@ -39,7 +39,7 @@ macro_rules! session_row_columns {
             grace_until: opt_ts Option<Micros> = TIMESTAMPTZOID,
             // The retry key the current pair was derived with (a refresh), or
             // NULL (issue, re-authentication, revocation).
-            retry_key_id: opt Option<i32> = INT4OID,
+            retry_key_id: opt Option<crate::key_ring::KeyId> = INT4OID,
             revoked_at: opt_ts Option<Micros> = TIMESTAMPTZOID,
         }
     };
