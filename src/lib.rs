@@ -13,7 +13,8 @@
 //! * `retry_pair`: how a retry inside the grace gets the same pair (HKDF).
 //!   `retry_keys`: the short-lived keys that allows, and where they live
 //!   (`key_ring` in shared memory, or a table).
-//! * `revocation`: revoking, events and NOTIFY.
+//! * `revocation`: revoking and recording events. `notify`: announcing
+//!   them on channel `session_auth`; `listeners`: who may hear a login.
 //! * `backstop` and `pending`: making a reuse revocation stick when the
 //!   detecting transaction does not commit.
 //! * `clock`: statement time, effective deadlines. `gucs`: settings.
@@ -44,6 +45,8 @@ mod ids;
 mod jsonb;
 mod key_ring;
 mod lineage;
+mod listeners;
+mod notify;
 mod pending;
 mod probe;
 mod purge;
@@ -92,6 +95,7 @@ pub extern "C-unwind" fn _PG_init() {
     };
     if preloading {
         shmem::init();
+        listeners::install_hook();
         worker::register();
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! * The purge worker's latch, where a backend that detected a theft wakes it.
 //! * The retry keys of the last seconds' rotations (see `retry_keys`).
+//! * How many backends listen on channel `session_auth` (see `listeners`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{PgAtomic, PgLwLock};
@@ -20,12 +21,18 @@ static RETRY_KEYS: PgLwLock<KeyRing> =
     // SAFETY: the name is the extension's own.
     unsafe { PgLwLock::new(c"pg_session_auth retry keys") };
 
+static LISTENERS: PgAtomic<AtomicU32> =
+    // SAFETY: the name is the extension's own.
+    unsafe { PgAtomic::new(c"pg_session_auth listeners") };
+
 /// Set in the postmaster while preloading, inherited by every backend.
 static READY: AtomicBool = AtomicBool::new(false);
 
 /// Requests the shared memory; only while preloading.
 pub fn init() {
     pgrx::pg_shmem_init!(PURGE_WORKER_LATCH);
+    // Zero in every run of the server: a crash restart ends every listener.
+    pgrx::pg_shmem_init!(LISTENERS);
     // Set up in the postmaster with shared memory: empty in every run of
     // the server (a crash restart too), its ids starting at a random value.
     pgrx::pg_shmem_init!(RETRY_KEYS = KeyRing::starting_at(first_key_id()));
@@ -48,4 +55,10 @@ pub fn purge_worker_latch() -> Option<&'static AtomicUsize> {
 /// The retry-key ring, if the library is preloaded.
 pub fn retry_keys() -> Option<&'static PgLwLock<KeyRing>> {
     READY.load(Ordering::Relaxed).then_some(&RETRY_KEYS)
+}
+
+/// The number of backends counted as listening on `session_auth`, if the
+/// library is preloaded (without it nobody counts them).
+pub fn listeners() -> Option<&'static AtomicU32> {
+    READY.load(Ordering::Relaxed).then(|| LISTENERS.get())
 }
