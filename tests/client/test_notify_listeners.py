@@ -129,6 +129,21 @@ def test_a_listen_waits_for_a_login_that_decided_to_stay_quiet(own_cluster):
     assert str(in_flight["session_id"]) != got[0]["session_id"]
 
 
+def test_a_listen_does_not_wait_for_readers_of_events(own_cluster):
+    """Only writers of event rows can hold a quiet login: an application
+    confirming a payload in an open transaction does not hold up a LISTEN."""
+    c, db = fresh(own_cluster)
+    s = sa.issue(db, "reader")
+    event_id = db.execute("SELECT event_id FROM session_auth.events WHERE session_id = %s",
+                          [s["session_id"]]).fetchone()["event_id"]
+    reader = c.connect(autocommit=False)
+    assert reader.execute("SELECT * FROM session_event(%s)", [event_id]).fetchone()["event"] == "issued"
+    listener = c.connect()
+    listener.execute("SET statement_timeout = '10s'")
+    listener.execute("LISTEN session_auth")  # a wait here would time out
+    reader.rollback()
+
+
 def test_a_listen_in_the_logins_own_transaction_hears_it(own_cluster):
     """Waiting for others cannot cover a login earlier in the listener's own
     transaction: the LISTEN announces that one itself."""
