@@ -389,7 +389,7 @@ def cmd_table(args):
                 ("mixed", "mixed 90/9/1", "mixed_ext"))
         for wl, label, ext in rows:
             e, f_, p = g(ext), g(f"{wl}_floor"), g(f"{wl}_peer")
-            if not e:
+            if not (e or (ext != "issue_heard" and (f_ or p))):
                 continue
             lat = lambda x: "n/a" if x is None else f"{x['p50']:.3f} / {x['p99']:.3f}"
             w(f"| {label} | {fnum(tps(ext))} | {fnum(tps(f'{wl}_floor'))} | "

@@ -14,7 +14,8 @@
 //!   `retry_keys`: the short-lived keys that allows, and where they live
 //!   (`key_ring` in shared memory, or a table).
 //! * `revocation`: revoking and recording events. `notify`: announcing
-//!   them on channel `session_auth`; `listeners`: who may hear a login.
+//!   them on channel `session_auth`; `listeners`: whether anyone may hear
+//!   a login, and the lock that lets a quiet one go unheard safely.
 //! * `backstop` and `pending`: making a reuse revocation stick when the
 //!   detecting transaction does not commit.
 //! * `clock`: statement time, effective deadlines. `gucs`: settings.
@@ -95,7 +96,7 @@ pub extern "C-unwind" fn _PG_init() {
     };
     if preloading {
         shmem::init();
-        listeners::install_hook();
+        notify::install_listen_hook();
         worker::register();
     }
 }

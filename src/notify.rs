@@ -5,20 +5,24 @@
 //! PostgreSQL serialises every commit that carries a NOTIFY (a cluster-wide
 //! lock, held through the commit's WAL flush), so a login's `issued` NOTIFY
 //! made logins wait in line even when nobody listened (issue 17: 0.44× a
-//! bare INSERT with it, 0.73× without). A login therefore asks
-//! `someone_may_listen()` and, when nobody can, queues nothing and remembers
-//! the payload until its transaction ends: a `LISTEN session_auth` later in
-//! the same transaction announces it after all (see `listeners`).
-//! Revocations and reuse detection are announced whoever listens: they are
-//! rare, and a theft's announcement must not depend on a count being right.
+//! bare INSERT with it, 0.73× without). A login therefore asks `listeners`
+//! whether anyone may hear it and, when nobody can, queues nothing and holds
+//! the payload back until its transaction ends: a `LISTEN session_auth`
+//! later in the same transaction announces it after all (this module's
+//! ProcessUtility hook), and such a transaction cannot be prepared (as one
+//! that queued the NOTIFY could not).
+//! Every other event is announced whoever listens: they are rare, and a
+//! theft's announcement must not depend on a count being right.
 
 use std::cell::RefCell;
-use std::sync::atomic::{fence, Ordering};
+use std::ffi::CStr;
 
+use pgrx::prelude::*;
 use pgrx::{pg_sys, IntoDatum};
 use serde_json::json;
 
 use crate::ids::SessionId;
+use crate::listeners;
 
 /// The channel every event is announced on.
 pub const CHANNEL: &str = "session_auth";
@@ -28,9 +32,8 @@ pub const CHANNEL: &str = "session_auth";
 pub enum Audience {
     /// Queued whoever listens.
     Everyone,
-    /// Queued only if some backend may be listening on `CHANNEL`; must be
-    /// called after the event row's INSERT (its lock is what a starting
-    /// LISTEN waits for: see `listeners`).
+    /// Queued only if some backend may be listening on `CHANNEL` (see
+    /// `listeners`), once the event row is written.
     Listeners,
 }
 
@@ -52,30 +55,99 @@ pub fn announce(
         "user_id": user_id,
     })
     .to_string();
-    if audience == Audience::Listeners && !someone_may_listen() {
-        remember_unannounced(event_id, payload);
+    if audience == Audience::Listeners && !listeners::may_hear_a_login() {
+        hold_back(event_id, payload);
     } else {
         send_if_room(event_id, &payload);
     }
 }
 
-/// Whether a backend may be listening on `CHANNEL`: always without the
-/// count (the library not preloaded).
-fn someone_may_listen() -> bool {
-    let Some(listeners) = crate::shmem::listeners() else {
-        return true;
-    };
-    // Orders the event row's lock (taken before) before this read; a
-    // starting LISTEN counts itself, then looks for that lock.
-    fence(Ordering::SeqCst);
-    listeners.load(Ordering::Relaxed) > 0
+static mut PREVIOUS_HOOK: pg_sys::ProcessUtility_hook_type = None;
+
+/// Installs the hook that sees every `LISTEN session_auth`; only while
+/// preloading (installed in the postmaster, every backend has it).
+pub fn install_listen_hook() {
+    // SAFETY: called once, from _PG_init in the postmaster; the previous
+    // hook is kept and called.
+    unsafe {
+        PREVIOUS_HOOK = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+/// PostgreSQL's ProcessUtility_hook signature, all eight arguments.
+#[allow(clippy::too_many_arguments)]
+#[pg_guard]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    if unsafe { listens_on_our_channel(pstmt) } {
+        listeners::before_listen();
+        announce_held_back();
+    }
+    // SAFETY: the arguments as PostgreSQL passed them, to the hook that was
+    // installed before ours or to PostgreSQL's own implementation; an error
+    // there crosses back into Rust as a panic, which pg_guard re-raises.
+    unsafe {
+        match PREVIOUS_HOOK {
+            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                previous(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
+                )
+            }),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+}
+
+/// Whether the statement is `LISTEN session_auth` (the channel name as
+/// parsed, so `LISTEN "session_auth"` too).
+///
+/// # Safety
+/// `pstmt` is a valid planned utility statement.
+unsafe fn listens_on_our_channel(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+    // SAFETY: the caller's promise; a ListenStmt's conditionname is a
+    // NUL-terminated string.
+    unsafe {
+        let node = (*pstmt).utilityStmt;
+        if node.is_null() || !pgrx::is_a(node, pg_sys::NodeTag::T_ListenStmt) {
+            return false;
+        }
+        let name = (*node.cast::<pg_sys::ListenStmt>()).conditionname;
+        !name.is_null() && CStr::from_ptr(name).to_bytes() == CHANNEL.as_bytes()
+    }
 }
 
 /// Announces the logins of the current transaction that nobody could hear
-/// when they were made; called by a `LISTEN session_auth`. A transaction
+/// when they were made; called by a `LISTEN session_auth` (other
+/// transactions' quiet logins it waits for: see `listeners`). A transaction
 /// announces each payload once however often this runs: PostgreSQL drops a
 /// NOTIFY that repeats one already queued by the same transaction.
-pub fn announce_unannounced() {
+fn announce_held_back() {
     UNANNOUNCED.with(|u| {
         for entry in u.borrow().iter() {
             send_if_room(entry.event_id, &entry.payload);
@@ -96,7 +168,7 @@ thread_local! {
     static CALLBACKS_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-fn remember_unannounced(event_id: i64, payload: String) {
+fn hold_back(event_id: i64, payload: String) {
     register_callbacks();
     // SAFETY: reads the current subtransaction's id.
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
@@ -121,14 +193,25 @@ fn register_callbacks() {
     CALLBACKS_REGISTERED.with(|c| c.set(true));
 }
 
-/// Any end of the transaction ends what it held back. Called from C in the
-/// middle of a commit or an abort: nothing here can panic (`try_with`, no
-/// allocation).
+/// Any end of the transaction ends what it held back. A transaction that
+/// holds a login back cannot be prepared: its NOTIFY would have refused
+/// PREPARE, and a prepared quiet login would make every LISTEN wait for
+/// it. Called from C in the middle of a commit or an abort: nothing but the
+/// PREPARE refusal raises (`try_with`, no allocation).
+#[pg_guard]
 unsafe extern "C-unwind" fn on_xact_event(
     event: pg_sys::XactEvent::Type,
-    _: *mut std::ffi::c_void,
+    _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
+    if event == XACT_EVENT_PRE_PREPARE && holds_logins_back() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "cannot PREPARE a transaction that issued a session",
+            "session_issue announces a login when its transaction commits, as a NOTIFY would."
+        );
+    }
     if matches!(
         event,
         XACT_EVENT_COMMIT
@@ -139,6 +222,12 @@ unsafe extern "C-unwind" fn on_xact_event(
     ) {
         let _ = UNANNOUNCED.try_with(|u| u.try_borrow_mut().map(|mut u| u.clear()));
     }
+}
+
+fn holds_logins_back() -> bool {
+    UNANNOUNCED
+        .try_with(|u| u.try_borrow().is_ok_and(|u| !u.is_empty()))
+        .unwrap_or(false)
 }
 
 /// A rolled-back subtransaction takes its events with it, and those of the

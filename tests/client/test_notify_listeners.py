@@ -22,6 +22,9 @@ LOGINS payloads fill several pages)."""
 import json
 import threading
 
+import psycopg
+import pytest
+
 import sa
 from harness import wait_until
 
@@ -68,6 +71,12 @@ def backend_is_gone(db, pid):
     return db.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()["n"] == 0
 
 
+def waits_for_a_lock(db, pid):
+    db.execute("SELECT pg_stat_clear_snapshot()")
+    row = db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    return row is not None and row["wait_event_type"] == "Lock"
+
+
 def test_a_login_nobody_can_hear_queues_nothing_and_a_listener_hears_every_login(own_cluster):
     c, db = fresh(own_cluster)
     pin_the_queue(c)
@@ -85,6 +94,8 @@ def test_a_login_nobody_can_hear_queues_nothing_and_a_listener_hears_every_login
     got = heard(listener, LOGINS)
     assert [p["event"] for p in got] == ["issued"] * LOGINS
     assert {p["session_id"] for p in got} == loud
+    event_ids = [p["event_id"] for p in got]
+    assert event_ids == sorted(event_ids), "heard in the order they committed"
 
     # The listener gone, logins are quiet again.
     listener.close()
@@ -109,13 +120,8 @@ def test_a_listen_waits_for_a_login_that_decided_to_stay_quiet(own_cluster):
     listening = threading.Thread(target=listener.execute, args=("LISTEN session_auth",))
     listening.start()
 
-    def waits_for_a_lock():
-        db.execute("SELECT pg_stat_clear_snapshot()")
-        row = db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [listener_pid]).fetchone()
-        return row is not None and row["wait_event_type"] == "Lock"
-
     try:
-        assert wait_until(waits_for_a_lock, 10), \
+        assert wait_until(lambda: waits_for_a_lock(db, listener_pid), 10), \
             "LISTEN returned while a login that announced nothing was still in flight"
         assert listening.is_alive()
     finally:
@@ -129,9 +135,50 @@ def test_a_listen_waits_for_a_login_that_decided_to_stay_quiet(own_cluster):
     assert str(in_flight["session_id"]) != got[0]["session_id"]
 
 
+def test_a_listen_that_gave_up_waiting_waits_again_when_retried(own_cluster):
+    """A LISTEN whose wait ended in an error (lock_timeout here; a cancel or
+    a deadlock alike) has counted its backend but not waited: the next one
+    on the same connection must wait, or the login in flight commits unheard."""
+    c, db = fresh(own_cluster)
+    app = c.connect(autocommit=False)
+    sa.issue(app, "in-flight")  # quiet: nobody listens
+    listener = c.connect()
+    listener_pid = listener.info.backend_pid
+    listener.execute("SET lock_timeout = '200ms'")
+    with pytest.raises(psycopg.errors.LockNotAvailable):
+        listener.execute("LISTEN session_auth")
+    listener.execute("RESET lock_timeout")
+    listening = threading.Thread(target=listener.execute, args=("LISTEN session_auth",))
+    listening.start()
+    try:
+        assert wait_until(lambda: waits_for_a_lock(db, listener_pid), 10), \
+            "the retried LISTEN returned while the quiet login was still in flight"
+    finally:
+        app.commit()
+        listening.join(10)
+    assert not listening.is_alive()
+
+
+def test_a_transaction_that_issued_a_session_cannot_be_prepared(own_cluster):
+    """Before, a login's NOTIFY made PREPARE TRANSACTION fail; a quiet login
+    must not change that (a prepared one would hold every LISTEN)."""
+    c, db = fresh(own_cluster, "max_prepared_transactions = 2")
+    for listening in (False, True):
+        if listening:
+            listener = c.connect()
+            listener.execute("LISTEN session_auth")
+        tx = c.connect(autocommit=False)
+        sa.issue(tx, f"prepared-{listening}")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            tx.execute("PREPARE TRANSACTION 'login'")
+        assert "PREPARE" in str(e.value)
+        tx.rollback()
+    assert db.execute("SELECT count(*) AS n FROM pg_prepared_xacts").fetchone()["n"] == 0
+
+
 def test_a_listen_does_not_wait_for_readers_of_events(own_cluster):
-    """Only writers of event rows can hold a quiet login: an application
-    confirming a payload in an open transaction does not hold up a LISTEN."""
+    """Only quiet logins in flight hold a LISTEN up: an application
+    confirming a payload in an open transaction does not."""
     c, db = fresh(own_cluster)
     s = sa.issue(db, "reader")
     event_id = db.execute("SELECT event_id FROM session_auth.events WHERE session_id = %s",
