@@ -79,6 +79,30 @@ def test_a_forged_notify_cannot_be_confirmed_and_a_real_one_can(connect, connect
         connect_only.execute("SELECT * FROM session_event(1)")
 
 
+def test_a_connect_only_role_cannot_hold_up_a_listen_or_a_login(connect, connect_only):
+    """A LISTEN waits for the logins in flight that nobody could hear
+    (docs/design.md, "Announcing events"): through a lock that no SQL
+    statement takes. A CONNECT-only role listening, idle in a transaction,
+    holding every small advisory key and having tried the extension's
+    tables, must delay neither a login nor another role's LISTEN."""
+    connect_only.autocommit = False
+    connect_only.execute("LISTEN session_auth")
+    for key in range(0, 256):
+        connect_only.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+        connect_only.execute("SELECT pg_advisory_xact_lock(0, %s)", [key])
+    connect_only.execute("SAVEPOINT tried")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        connect_only.execute("LOCK TABLE session_auth.events IN SHARE MODE")
+    connect_only.execute("ROLLBACK TO SAVEPOINT tried")
+    app = connect()
+    app.execute("SET statement_timeout = '5s'")
+    assert sa.issue(app, "listen@stall")["session_id"]
+    listener = connect()
+    listener.execute("SET statement_timeout = '5s'")
+    listener.execute("LISTEN session_auth")
+    connect_only.rollback()
+
+
 def server_major():
     return int(os.environ.get("PG_MAJOR", "15"))
 
