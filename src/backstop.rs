@@ -125,14 +125,8 @@ unsafe extern "C-unwind" fn on_xact_event(
 ) {
     use pg_sys::XactEvent::*;
     in_callback(|| {
-        if matches!(
-            event,
-            XACT_EVENT_COMMIT
-                | XACT_EVENT_ABORT
-                | XACT_EVENT_PREPARE
-                | XACT_EVENT_PARALLEL_COMMIT
-                | XACT_EVENT_PARALLEL_ABORT
-        ) && DETECTED_IN.try_with(|d| d.replace(0)).unwrap_or(0) != 0
+        if crate::xact::ends_transaction(event)
+            && DETECTED_IN.try_with(|d| d.replace(0)).unwrap_or(0) != 0
         {
             wake_applier();
         }

@@ -17,7 +17,8 @@
 //!   them on channel `session_auth`; `listeners`: whether anyone may hear
 //!   a login, and the lock that lets a quiet one go unheard safely.
 //! * `backstop` and `pending`: making a reuse revocation stick when the
-//!   detecting transaction does not commit.
+//!   detecting transaction does not commit. `xact`: what their transaction
+//!   callbacks share.
 //! * `clock`: statement time, effective deadlines. `gucs`: settings.
 //! * `session_row`: the session row's columns, defined once.
 //! * `store`: every SQL statement. `probe`: validate's direct index probes.
@@ -62,6 +63,7 @@ mod store;
 mod token;
 mod vacuum;
 mod worker;
+mod xact;
 
 #[cfg(test)]
 mod layout;

@@ -93,24 +93,13 @@ unsafe extern "C-unwind" fn process_utility(
         listeners::before_listen();
         announce_held_back();
     }
+    let next = PREVIOUS_HOOK.unwrap_or(standard_ProcessUtility);
     // SAFETY: the arguments as PostgreSQL passed them, to the hook that was
     // installed before ours or to PostgreSQL's own implementation; an error
     // there crosses back into Rust as a panic, which pg_guard re-raises.
     unsafe {
-        match PREVIOUS_HOOK {
-            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                previous(
-                    pstmt,
-                    query_string,
-                    read_only_tree,
-                    context,
-                    params,
-                    query_env,
-                    dest,
-                    qc,
-                )
-            }),
-            None => pg_sys::standard_ProcessUtility(
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            next(
                 pstmt,
                 query_string,
                 read_only_tree,
@@ -119,9 +108,24 @@ unsafe extern "C-unwind" fn process_utility(
                 query_env,
                 dest,
                 qc,
-            ),
-        }
+            )
+        })
     }
+}
+
+unsafe extern "C-unwind" {
+    /// PostgreSQL's own implementation, the raw symbol: a pointer of the
+    /// hook's type (pgrx's binding is a guarded wrapper).
+    fn standard_ProcessUtility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
 }
 
 /// Whether the statement is `LISTEN session_auth` (the channel name as
@@ -212,14 +216,7 @@ unsafe extern "C-unwind" fn on_xact_event(
             "session_issue announces a login when its transaction commits, as a NOTIFY would."
         );
     }
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT
-            | XACT_EVENT_ABORT
-            | XACT_EVENT_PREPARE
-            | XACT_EVENT_PARALLEL_COMMIT
-            | XACT_EVENT_PARALLEL_ABORT
-    ) {
+    if crate::xact::ends_transaction(event) {
         let _ = UNANNOUNCED.try_with(|u| u.try_borrow_mut().map(|mut u| u.clear()));
     }
 }
