@@ -88,8 +88,8 @@ def test_a_connect_only_role_cannot_hold_up_a_listen_or_a_login(connect, connect
     connect_only.autocommit = False
     connect_only.execute("LISTEN session_auth")
     for key in range(0, 256):
-        connect_only.execute("SELECT pg_advisory_xact_lock(%s)", [key])
-        connect_only.execute("SELECT pg_advisory_xact_lock(0, %s)", [key])
+        connect_only.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
+        connect_only.execute("SELECT pg_try_advisory_xact_lock(0, %s)", [key])
     connect_only.execute("SAVEPOINT tried")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         connect_only.execute("LOCK TABLE session_auth.events IN SHARE MODE")
