@@ -16,13 +16,15 @@
 //! * a login that finds the count at zero takes the quiet-login lock
 //!   (shared among logins, held until its transaction ends) and reads the
 //!   count again;
-//! * a LISTEN counts itself, then waits for every holder of that lock.
+//! * a backend's first LISTEN counts it, then waits for every holder of
+//!   that lock.
 //!
-//! Either the login's second read sees the count, or it took the lock
-//! before the LISTEN looked for holders, and the LISTEN waits until it has
-//! committed. The lock is a database-object lock on an object that does not
-//! exist (`pg_extension`, object id 0), which no SQL statement can take, so
-//! no other role can make a LISTEN wait.
+//! Either the login's second read sees the count (and it lets the lock go),
+//! or it took the lock before the LISTEN looked for holders, and the LISTEN
+//! waits until the login's transaction has ended. The lock is a
+//! database-object lock on an object that does not exist (`pg_extension`,
+//! object id 0), which no SQL statement takes: only a role that may log
+//! users in, by leaving a login's transaction open, can make a LISTEN wait.
 
 use std::cell::Cell;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
@@ -54,18 +56,33 @@ pub fn may_hear_a_login() -> bool {
     // Orders the lock (taken) before the second read; a starting LISTEN
     // counts itself, then looks for the lock's holders.
     fence(Ordering::SeqCst);
-    count.load(Ordering::SeqCst) > 0
+    let heard = count.load(Ordering::SeqCst) > 0;
+    if heard {
+        // A login that will be announced need not hold LISTENs up (nor,
+        // prepared, hold them up for good): this acquisition goes, one
+        // taken by a quiet login earlier in the transaction stays.
+        // SAFETY: releases the acquisition just made, in the same mode.
+        unsafe { pg_sys::LockRelease(&tag, pg_sys::RowExclusiveLock as _, false) };
+    }
+    heard
 }
 
 /// Before a `LISTEN session_auth` runs: counts this backend, then waits for
-/// the quiet logins in flight. Not on a standby, nor in a security-restricted
-/// operation, where PostgreSQL refuses the LISTEN anyway (and nobody logs in).
+/// the quiet logins in flight (at the backend's first LISTEN, and at the
+/// next one after a wait that ended in an error). Not where PostgreSQL
+/// refuses the LISTEN anyway: on a standby, in a security-restricted
+/// operation, in a process other than a client backend.
 pub fn before_listen() {
     let Some(count) = crate::shmem::listeners() else {
         return;
     };
     // SAFETY: plain reads of the backend's state.
-    if unsafe { pg_sys::RecoveryInProgress() || pg_sys::InSecurityRestrictedOperation() } {
+    let refused = unsafe {
+        pg_sys::MyBackendType != pg_sys::BackendType::B_BACKEND
+            || pg_sys::RecoveryInProgress()
+            || pg_sys::InSecurityRestrictedOperation()
+    };
+    if refused {
         return;
     }
     if !COUNTED.get() {

@@ -8,7 +8,8 @@ queues its `issued` NOTIFY only while some backend of the server has run
 `LISTEN session_auth`; revocations and reuse detection always do. What a
 listener hears must not change:
 
-* a listener hears every login that commits after its LISTEN returned;
+* a listener hears every login that commits after its LISTEN's transaction
+  committed;
 * a LISTEN that starts while a login that decided to stay quiet is still
   in flight waits for it, so no login commits unheard after a LISTEN;
 * without preloading (no shared memory to count listeners in) every login
@@ -189,6 +190,29 @@ def test_a_listen_does_not_wait_for_readers_of_events(own_cluster):
     listener.execute("SET statement_timeout = '10s'")
     listener.execute("LISTEN session_auth")  # a wait here would time out
     reader.rollback()
+
+
+def test_a_listen_does_not_wait_for_announced_events_in_flight(own_cluster):
+    """Transactions left open after events that were announced (a logout, a
+    login made while someone listened, a re-authentication) hold no LISTEN
+    up: only quiet logins do."""
+    c, db = fresh(own_cluster)
+    early = c.connect()
+    early.execute("LISTEN session_auth")  # logins are announced while it listens
+    s = sa.issue(db, "open-after-events")
+    t = sa.issue(db, "open-after-events-2")
+    open_txs = []
+    for act in (lambda tx: sa.revoke_id(tx, s["session_id"]),
+                lambda tx: sa.issue(tx, "loud-login"),
+                lambda tx: sa.reauthenticate(tx, t["access_token"])):
+        tx = c.connect(autocommit=False)
+        act(tx)
+        open_txs.append(tx)
+    listener = c.connect()
+    listener.execute("SET statement_timeout = '10s'")
+    listener.execute("LISTEN session_auth")  # a wait here would time out
+    for tx in open_txs:
+        tx.rollback()
 
 
 def test_a_listen_in_the_logins_own_transaction_hears_it(own_cluster):

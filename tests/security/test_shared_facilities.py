@@ -79,28 +79,36 @@ def test_a_forged_notify_cannot_be_confirmed_and_a_real_one_can(connect, connect
         connect_only.execute("SELECT * FROM session_event(1)")
 
 
-def test_a_connect_only_role_cannot_hold_up_a_listen_or_a_login(connect, connect_only):
-    """A LISTEN waits for the logins in flight that nobody could hear
-    (docs/design.md, "Announcing events"): through a lock that no SQL
-    statement takes. A CONNECT-only role listening, idle in a transaction,
-    holding every small advisory key and having tried the extension's
-    tables, must delay neither a login nor another role's LISTEN."""
-    connect_only.autocommit = False
-    connect_only.execute("LISTEN session_auth")
+def test_a_connect_only_role_cannot_hold_up_a_listen_or_a_login(own_cluster):
+    """A backend's first LISTEN waits for the logins in flight that nobody
+    could hear (docs/design.md, "Announcing events"), through a lock that no
+    SQL statement takes. In a cluster where nobody listens (so logins are
+    quiet and a LISTEN does look for that lock), a CONNECT-only role idle in
+    a transaction, holding every small advisory key and having tried to
+    lock the extension's tables, must delay neither a login nor a LISTEN."""
+    c = own_cluster()
+    db = c.connect()
+    db.execute("CREATE EXTENSION pg_session_auth")
+    db.execute("CREATE ROLE regress_connect_only LOGIN")
+    attacker = c.connect(user="regress_connect_only", autocommit=False)
     for key in range(0, 256):
-        connect_only.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
-        connect_only.execute("SELECT pg_try_advisory_xact_lock(0, %s)", [key])
-    connect_only.execute("SAVEPOINT tried")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        connect_only.execute("LOCK TABLE session_auth.events IN SHARE MODE")
-    connect_only.execute("ROLLBACK TO SAVEPOINT tried")
-    app = connect()
+        attacker.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
+        attacker.execute("SELECT pg_try_advisory_xact_lock(0, %s)", [key])
+    for table in ("events", "sessions"):
+        attacker.execute("SAVEPOINT tried")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            attacker.execute(f"LOCK TABLE session_auth.{table} IN SHARE MODE")
+        attacker.execute("ROLLBACK TO SAVEPOINT tried")
+    app = c.connect()
     app.execute("SET statement_timeout = '5s'")
     assert sa.issue(app, "listen@stall")["session_id"]
-    listener = connect()
+    listener = c.connect()
     listener.execute("SET statement_timeout = '5s'")
     listener.execute("LISTEN session_auth")
-    connect_only.rollback()
+    s = sa.issue(app, "listen@heard")
+    got = [json.loads(n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
+    assert [(p["event"], p["session_id"]) for p in got] == [("issued", str(s["session_id"]))]
+    attacker.rollback()
 
 
 def server_major():
