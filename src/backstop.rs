@@ -100,15 +100,11 @@ pub fn detected(reuse: &Reuse) {
 }
 
 fn register_callbacks() {
-    if CALLBACKS_REGISTERED.with(Cell::get) {
-        return;
-    }
-    // SAFETY: registered once per backend; the callbacks live as long as it.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
-    }
-    CALLBACKS_REGISTERED.with(|c| c.set(true));
+    crate::xact::register_callbacks_once(
+        &CALLBACKS_REGISTERED,
+        Some(on_xact_event),
+        Some(on_subxact_event),
+    );
 }
 
 /// PostgreSQL calls the callbacks from C, in the middle of a commit or an

@@ -39,9 +39,9 @@ thread_local! {
     static SYNCED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether a login may be heard, for a login whose event row is written.
-/// When nobody can hear it, the login holds the quiet-login lock until its
-/// transaction ends. Always true without the count (not preloaded).
+/// Whether a login may be heard. When nobody can hear it, the login holds
+/// the quiet-login lock until its transaction ends. Always true without the
+/// count (not preloaded).
 pub fn may_hear_a_login() -> bool {
     let Some(count) = crate::shmem::listeners() else {
         return true;

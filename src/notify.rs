@@ -33,7 +33,7 @@ pub enum Audience {
     /// Queued whoever listens.
     Everyone,
     /// Queued only if some backend may be listening on `CHANNEL` (see
-    /// `listeners`), once the event row is written.
+    /// `listeners`).
     Listeners,
 }
 
@@ -173,7 +173,11 @@ thread_local! {
 }
 
 fn hold_back(event_id: i64, payload: String) {
-    register_callbacks();
+    crate::xact::register_callbacks_once(
+        &CALLBACKS_REGISTERED,
+        Some(on_xact_event),
+        Some(on_subxact_event),
+    );
     // SAFETY: reads the current subtransaction's id.
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     UNANNOUNCED.with(|u| {
@@ -183,18 +187,6 @@ fn hold_back(event_id: i64, payload: String) {
             subxact,
         })
     });
-}
-
-fn register_callbacks() {
-    if CALLBACKS_REGISTERED.with(std::cell::Cell::get) {
-        return;
-    }
-    // SAFETY: registered once per backend; the callbacks live as long as it.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
-    }
-    CALLBACKS_REGISTERED.with(|c| c.set(true));
 }
 
 /// Any end of the transaction ends what it held back. A transaction that

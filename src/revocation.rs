@@ -138,8 +138,8 @@ pub fn record(
     .unwrap_or_else(|| crate::error::internal("recording an event", "INSERT returned no row"))
 }
 
-/// Announces a recorded event on channel `session_auth` (see `notify`);
-/// call it after the event row's INSERT.
+/// Announces a recorded event (its id from the event row's INSERT) on
+/// channel `session_auth` (see `notify`).
 pub fn notify(event: Event, event_id: i64, session_id: &SessionId, user_id: &str) {
     notify::announce(
         event.as_str(),
